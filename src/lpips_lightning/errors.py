@@ -1,0 +1,33 @@
+"""The exceptions a user sees: one clear sentence each, printed by the CLI without a traceback."""
+
+from __future__ import annotations
+
+
+class LPIPSLightningError(Exception):
+    """Base class of every user-facing error; the CLI prints its message and exits with status 2."""
+
+
+class ConfigError(LPIPSLightningError, ValueError):
+    """An unknown choice or an invalid combination of options."""
+
+
+class WeightsError(LPIPSLightningError):
+    """Weights that are missing, or do not fit the model they are loaded into."""
+
+
+class JudgmentsError(LPIPSLightningError):
+    """A judgments file that is missing, not of this format, or damaged."""
+
+
+class PackError(LPIPSLightningError):
+    """Bad input found while packing judgments into a file."""
+
+
+class TrainingError(LPIPSLightningError):
+    """A run that cannot go on, e.g. a loss that became NaN."""
+
+
+def check_choice(name: str, value: object, valid: "list[str] | tuple[str, ...]") -> None:
+    """Raise `ConfigError` listing the valid choices when `value` is not one of them."""
+    if value not in valid:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, valid))}")
