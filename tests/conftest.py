@@ -44,3 +44,42 @@ def imagenet_cache() -> Path:
 @pytest.fixture(scope="session")
 def session_tmp() -> Path:
     return _SESSION_TMP
+
+
+def make_bapps(root: Path, n: int = 6, size: int = 32, seed: int = 0, jnd: bool = True) -> dict:
+    """A tiny BAPPS-like tree with random PNGs; files are created in shuffled order.
+
+    Returns {group: {"ref"/"p0"/"p1": uint8 (n, 3, size, size), "judge"/"same": float32 (n,)}}
+    in stem order, as the packed file should hold them.
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    layout = {"2afc/train/trad": ("ref", "p0", "p1", "judge"), "2afc/val/cnn": ("ref", "p0", "p1", "judge")}
+    if jnd:
+        layout["jnd/val/cnn"] = ("p0", "p1", "same")
+    expected = {}
+    for group, folders in layout.items():
+        stems = [f"{i:06d}" for i in range(n)]
+        data = {f: rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8) for f in folders[:-1]}
+        target = rng.random(n).astype(np.float32)
+        order = rng.permutation(n)
+        for f in folders:
+            (root / group / f).mkdir(parents=True, exist_ok=True)
+        for i in order:
+            for f in folders[:-1]:
+                Image.fromarray(data[f][i]).save(root / group / f / f"{stems[i]}.png")
+            np.save(root / group / folders[-1] / f"{stems[i]}.npy", np.array([target[i]], np.float32))
+        expected[group] = {f: v.transpose(0, 3, 1, 2) for f, v in data.items()}
+        expected[group][folders[-1]] = target
+    return expected
+
+
+@pytest.fixture
+def bapps_h5(tmp_path) -> Path:
+    """A packed tiny BAPPS file (2afc train/val, jnd val)."""
+    from lpips_lightning.pack import pack
+
+    make_bapps(tmp_path / "bapps", n=12)
+    return pack(tmp_path / "bapps", tmp_path / "bapps.h5", size=32, workers=1, progress=False)

@@ -8,8 +8,13 @@ small argparse commands. Every user-facing error is printed as one line (exit st
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Optional
 
 from .errors import LPIPSLightningError
 
@@ -66,6 +71,131 @@ def _distance(argv: Sequence[str]) -> int:
     return 0
 
 
+# --- training: LightningCLI ---------------------------------------------------------------------
+def _wandb_online() -> bool:
+    """Whether W&B can run online: a key is known and its server answers within 3 s (never a hang)."""
+    import netrc
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            key = (netrc.netrc().authenticators(host) or (None, None, None))[2]
+        except (OSError, netrc.NetrcParseError):
+            key = None
+    if not key:
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def make_loggers(run_dir: Path, run_name: str, project: str) -> list:
+    """A CSV log and, unless W&B is disabled, a W&B run: online when logged in and reachable, else offline."""
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("disabled", "dryrun-disabled"):
+        return loggers
+    offline = mode in ("offline", "dryrun") or not _wandb_online()
+    if offline:
+        os.environ["WANDB_MODE"] = "offline"
+        print(f"W&B runs offline (not logged in, or no network); sync later with: wandb sync {run_dir}/wandb/offline-run-*")
+    loggers.append(WandbLogger(name=run_name, project=project, save_dir=str(run_dir), offline=offline))
+    return loggers
+
+
+def _latest_run(runs_dir: Path) -> str | None:
+    runs = [p for p in runs_dir.glob("*/last.ckpt")] if runs_dir.is_dir() else []
+    return max(runs, key=lambda p: p.stat().st_mtime).parent.name if runs else None
+
+
+@functools.cache
+def _cli_class():
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.cli import LightningCLI
+
+    from .callbacks import FitSummary, SubsetChart
+
+    class LPIPSCLI(LightningCLI):
+        """LightningCLI with run folders: checkpoints, logs, config and charts in runs_dir/<run_name>/."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--run_name", type=Optional[str], default=None,
+                                help="run folder name under runs_dir (default: <variant>_<backbone>-<time>)")
+            parser.add_argument("--runs_dir", type=str, default="checkpoints", help="where run folders go")
+            parser.add_argument("--wandb_project", type=str, default="lpips-lightning", help="W&B project")
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand]
+            runs_dir = Path(config.runs_dir)
+            ckpt = config.get("ckpt_path")
+            if config.run_name is None and ckpt == "last":
+                config.run_name = _latest_run(runs_dir)
+                if config.run_name is None:
+                    raise LPIPSLightningError(f"--ckpt_path last: no run in {runs_dir}/ has a last.ckpt to resume")
+                print(f"resuming run {config.run_name}")
+            if config.run_name is None:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                prefix = "" if self.subcommand == "fit" else f"{self.subcommand}-"
+                config.run_name = f"{prefix}{config.model.variant}_{config.model.backbone}-{stamp}"
+            self.run_dir = runs_dir / config.run_name
+            if ckpt == "last":
+                last = self.run_dir / "last.ckpt"
+                if not last.is_file():
+                    raise LPIPSLightningError(f"--ckpt_path last: {last} does not exist")
+                config.ckpt_path = str(last)
+            elif ckpt is not None and not Path(ckpt).is_file():
+                raise LPIPSLightningError(f"--ckpt_path {ckpt}: no such checkpoint file")
+            if config.trainer.default_root_dir is None:
+                config.trainer.default_root_dir = str(self.run_dir)
+
+        def instantiate_trainer(self, **kwargs):
+            config = self.config_init[self.subcommand]
+            extra: dict = {}
+            if config.trainer.get("logger") in (None, True):
+                extra["logger"] = make_loggers(self.run_dir, config.run_name, config.wandb_project)
+            callbacks = [SubsetChart(self.run_dir), FitSummary(self.run_dir)]
+            if self.subcommand == "fit" and config.trainer.get("enable_checkpointing", True) is not False:
+                callbacks.append(ModelCheckpoint(
+                    dirpath=self.run_dir, filename="best-epoch{epoch:02d}-2afc{val/2afc/mean:.4f}",
+                    auto_insert_metric_name=False, monitor="val/2afc/mean", mode="max", save_last=True,
+                ))
+            if extra.get("logger") and self.subcommand == "fit":
+                callbacks.append(LearningRateMonitor("epoch"))
+            trainer_config = {**self._get(self.config_init, "trainer", default={}), **extra, **kwargs}
+            given = trainer_config.get("callbacks") or []
+            trainer_config["callbacks"] = [*(given if isinstance(given, list) else [given]), *callbacks]
+            extra_callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+            return self._instantiate_trainer(trainer_config, extra_callbacks)
+
+    return LPIPSCLI
+
+
+def run_training(argv: Sequence[str], run: bool = True):
+    """Run LightningCLI (fit/validate/test) on `argv`; return the CLI object."""
+    from .callbacks import SaveConfig
+    from .datamodules import JudgmentsDataModule
+    from .module import LPIPSModule
+
+    return _cli_class()(
+        LPIPSModule,
+        JudgmentsDataModule,
+        args=list(argv),
+        run=run,
+        save_config_callback=SaveConfig,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+        parser_kwargs={"default_env": False},
+    )
+
+
 def _tool(module: str, name: str = "main") -> Callable[[Sequence[str]], int]:
     def run(argv: Sequence[str]) -> int:
         import importlib
@@ -93,8 +223,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if argv[0] in TOOLS:
             return TOOLS[argv[0]](argv[1:])
-        from .training_cli import run_training
-
         run_training(argv)
         return 0
     except LPIPSLightningError as err:

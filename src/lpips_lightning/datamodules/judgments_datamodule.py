@@ -118,9 +118,15 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
 
 def _available_memory() -> int:
-    import psutil
-
-    return int(psutil.virtual_memory().available)
+    """Bytes of memory available to load data into (Linux MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class JudgmentsDataModule(pl.LightningDataModule):

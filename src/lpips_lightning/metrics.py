@@ -1,0 +1,94 @@
+"""2AFC score and JND mean average precision, as torchmetrics `Metric`s (exact under DDP)."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+
+def two_afc(d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> torch.Tensor:
+    """Per-triplet 2AFC agreement: (d0<d1)(1-judge) + (d1<d0)judge + (d0==d1)/2.
+
+    `judge` is the fraction of observers who preferred p1 (found it closer to the reference).
+    """
+    d0, d1, judge = d0.flatten(), d1.flatten(), judge.flatten().to(d0.dtype)
+    return (d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5
+
+
+def jnd_average_precision(d: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """VOC average precision of "same" answers ranked by ascending distance.
+
+    Sort pairs by distance (flattened first: the original forgets, and reports 1.0), then
+    TP = cumsum(same), FP = cumsum(1 - same), recall = TP / sum(same), precision = TP / (TP + FP),
+    and the area under the precision envelope.
+    """
+    d, same = d.flatten().double(), same.flatten().double()
+    order = torch.argsort(d, stable=True)
+    s = same[order]
+    tp, fp = torch.cumsum(s, 0), torch.cumsum(1 - s, 0)
+    recall = tp / s.sum()
+    precision = tp / (tp + fp)
+    zero, one = recall.new_zeros(1), recall.new_ones(1)
+    mrec = torch.cat([zero, recall, one])
+    mpre = torch.cat([zero, precision, zero])
+    mpre = torch.flip(torch.cummax(torch.flip(mpre, [0]), 0).values, [0])  # the precision envelope
+    step = torch.nonzero(mrec[1:] != mrec[:-1]).flatten()
+    return torch.sum((mrec[step + 1] - mrec[step]) * mpre[step + 1])
+
+
+class TwoAFCScore(Metric):
+    """Mean 2AFC agreement with human judgments over all triplets seen (accumulated in float64).
+
+    Example:
+        >>> import torch
+        >>> m = TwoAFCScore()
+        >>> m.update(torch.tensor([0.1, 0.5, 0.3]), torch.tensor([0.2, 0.4, 0.3]), torch.tensor([0.0, 1.0, 0.6]))
+        >>> round(m.compute().item(), 4)
+        0.8333
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> None:
+        scores = two_afc(d0.detach().double(), d1.detach().double(), judge.detach())
+        self.total += scores.sum()
+        self.count += scores.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
+
+
+class JNDAveragePrecision(Metric):
+    """Mean average precision of JND "same" answers, pairs ranked by ascending distance.
+
+    Example:
+        >>> import torch
+        >>> m = JNDAveragePrecision()
+        >>> m.update(torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+        >>> round(m.compute().item(), 4)
+        0.8333
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("distances", [], dist_reduce_fx="cat")
+        self.add_state("same", [], dist_reduce_fx="cat")
+
+    def update(self, d: torch.Tensor, same: torch.Tensor) -> None:
+        self.distances.append(d.detach().flatten().double())
+        self.same.append(same.detach().flatten().double())
+
+    def compute(self) -> torch.Tensor:
+        return jnd_average_precision(dim_zero_cat(self.distances), dim_zero_cat(self.same))
