@@ -43,8 +43,9 @@ def test_missing_file_fails_at_construction(tmp_path):
 def test_in_memory_and_lazy_give_identical_batches(bapps_h5, num_workers):
     batches = {}
     for mode in (True, False):
-        dm = JudgmentsDataModule(str(bapps_h5), val=["2afc/val/*", "jnd/val/*"], batch_size=4,
-                                 num_workers=num_workers, in_memory=mode)
+        dm = JudgmentsDataModule(
+            str(bapps_h5), val=["2afc/val/*", "jnd/val/*"], batch_size=4, num_workers=num_workers, in_memory=mode
+        )
         dm.setup("fit")
         assert (dm.datasets["train"][0].images is not None) == mode
         torch.manual_seed(0)

@@ -35,7 +35,9 @@ def test_parity_with_lpips_package(imagenet_cache, tmp_path, net, version):
     torch.testing.assert_close(ours(x0, x1), expected, rtol=1e-5, atol=0)
     # the untrained baseline (lpips=False) too
     base = lpips_pkg.LPIPS(net=net, version=version, lpips=False, verbose=False).eval()
-    torch.testing.assert_close(LPIPS(net, version=version, heads=None)(x0, x1), base(x0, x1).flatten(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        LPIPS(net, version=version, heads=None)(x0, x1), base(x0, x1).flatten(), rtol=1e-5, atol=0
+    )
 
 
 @pytest.mark.parametrize("net", list(BACKBONES))

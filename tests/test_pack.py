@@ -74,7 +74,9 @@ def test_csv_jnd(tmp_path):
 
 
 def _run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lpips_lightning.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "lpips_lightning.cli", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def _bad(tmp_path, capsys, *args, match: str):

@@ -3,5 +3,13 @@
 from .errors import LPIPSLightningError
 from .lpips import LPIPS
 
-__all__ = ["LPIPS", "LPIPSLightningError"]
+
+def load(path, backbone=None, version="0.1"):
+    """Any trained metric (checkpoint, safetensors, lpips .pth, TorchScript, ONNX) as an eval-mode module."""
+    from .export import load as _load
+
+    return _load(path, backbone, version)
+
+
+__all__ = ["LPIPS", "LPIPSLightningError", "load"]
 __version__ = "0.1.0"

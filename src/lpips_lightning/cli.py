@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Optional
 
 from .errors import LPIPSLightningError
 
@@ -105,7 +104,9 @@ def make_loggers(run_dir: Path, run_name: str, project: str) -> list:
     offline = mode in ("offline", "dryrun") or not _wandb_online()
     if offline:
         os.environ["WANDB_MODE"] = "offline"
-        print(f"W&B runs offline (not logged in, or no network); sync later with: wandb sync {run_dir}/wandb/offline-run-*")
+        print(
+            f"W&B runs offline (not logged in, or no network); sync later with: wandb sync {run_dir}/wandb/offline-run-*"
+        )
     loggers.append(WandbLogger(name=run_name, project=project, save_dir=str(run_dir), offline=offline))
     return loggers
 
@@ -126,8 +127,12 @@ def _cli_class():
         """LightningCLI with run folders: checkpoints, logs, config and charts in runs_dir/<run_name>/."""
 
         def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--run_name", type=Optional[str], default=None,
-                                help="run folder name under runs_dir (default: <variant>_<backbone>-<time>)")
+            parser.add_argument(
+                "--run_name",
+                type=str | None,
+                default=None,
+                help="run folder name under runs_dir (default: <variant>_<backbone>-<time>)",
+            )
             parser.add_argument("--runs_dir", type=str, default="checkpoints", help="where run folders go")
             parser.add_argument("--wandb_project", type=str, default="lpips-lightning", help="W&B project")
 
@@ -152,6 +157,8 @@ def _cli_class():
                 config.ckpt_path = str(last)
             elif ckpt is not None and not Path(ckpt).is_file():
                 raise LPIPSLightningError(f"--ckpt_path {ckpt}: no such checkpoint file")
+            if "weights_only" in config and config.weights_only is None:
+                config.weights_only = True  # checkpoints hold tensors and plain values only
             if config.trainer.default_root_dir is None:
                 config.trainer.default_root_dir = str(self.run_dir)
 
@@ -162,10 +169,16 @@ def _cli_class():
                 extra["logger"] = make_loggers(self.run_dir, config.run_name, config.wandb_project)
             callbacks = [SubsetChart(self.run_dir), FitSummary(self.run_dir)]
             if self.subcommand == "fit" and config.trainer.get("enable_checkpointing", True) is not False:
-                callbacks.append(ModelCheckpoint(
-                    dirpath=self.run_dir, filename="best-epoch{epoch:02d}-2afc{val/2afc/mean:.4f}",
-                    auto_insert_metric_name=False, monitor="val/2afc/mean", mode="max", save_last=True,
-                ))
+                callbacks.append(
+                    ModelCheckpoint(
+                        dirpath=self.run_dir,
+                        filename="best-epoch{epoch:02d}-2afc{val/2afc/mean:.4f}",
+                        auto_insert_metric_name=False,
+                        monitor="val/2afc/mean",
+                        mode="max",
+                        save_last=True,
+                    )
+                )
             if extra.get("logger") and self.subcommand == "fit":
                 callbacks.append(LearningRateMonitor("epoch"))
             trainer_config = {**self._get(self.config_init, "trainer", default={}), **extra, **kwargs}

@@ -27,7 +27,7 @@ class TrainingError(LPIPSLightningError):
     """A run that cannot go on, e.g. a loss that became NaN."""
 
 
-def check_choice(name: str, value: object, valid: "list[str] | tuple[str, ...]") -> None:
+def check_choice(name: str, value: object, valid: list[str] | tuple[str, ...]) -> None:
     """Raise `ConfigError` listing the valid choices when `value` is not one of them."""
     if value not in valid:
         raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, valid))}")

@@ -187,7 +187,9 @@ class LPIPS(nn.Module):
     def forward(self, x0: torch.Tensor, x1: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Distance between `x0` and `x1`, (N, 3, H, W) each: (N,), or (N, 1, H, W) when spatial."""
         if x0.shape != x1.shape:
-            raise ConfigError(f"images to compare must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+            raise ConfigError(
+                f"images to compare must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}"
+            )
         f = self.features(torch.cat([x0, x1]), normalize)
         n = x0.shape[0]
         return self.distance([t[:n] for t in f], [t[n:] for t in f], tuple(x0.shape[-2:]))

@@ -80,7 +80,9 @@ def _stems(folder: Path, extensions: set[str]) -> dict[str, Path]:
     for entry in folder.iterdir():
         if entry.suffix.lower() in extensions and entry.is_file():
             if entry.stem in found:
-                raise PackError(f"{folder}: two files with stem {entry.stem!r} ({found[entry.stem].name}, {entry.name})")
+                raise PackError(
+                    f"{folder}: two files with stem {entry.stem!r} ({found[entry.stem].name}, {entry.name})"
+                )
             found[entry.stem] = entry
     return found
 
@@ -95,8 +97,10 @@ def plan_bapps(root: Path) -> list[GroupPlan]:
             for subset in sorted(p for p in split.iterdir() if p.is_dir()):
                 missing = [f for f in folders if not (subset / f).is_dir()]
                 if missing:
-                    raise PackError(f"{subset}: missing sub-folder(s) {', '.join(missing)} (a {kind} subset needs "
-                                    f"{', '.join(folders)})")
+                    raise PackError(
+                        f"{subset}: missing sub-folder(s) {', '.join(missing)} (a {kind} subset needs "
+                        f"{', '.join(folders)})"
+                    )
                 per_folder = {
                     f: _stems(subset / f, {".npy"} if f in ("judge", "same") else IMAGE_EXTENSIONS) for f in folders
                 }
@@ -172,8 +176,9 @@ def plan_csv(path: Path, group: str | None = None) -> list[GroupPlan]:
                         raise ValueError
             except (TypeError, ValueError):
                 cols = "votes_p0,votes_p1" if counted else target + (",votes" if has_votes else "")
-                raise PackError(f"{where}: bad value in {cols}: {', '.join(str(row.get(c)) for c in cols.split(','))}") \
-                    from None
+                raise PackError(
+                    f"{where}: bad value in {cols}: {', '.join(str(row.get(c)) for c in cols.split(','))}"
+                ) from None
             plan.images.append(tuple(images))
             plan.targets.append(check_fraction(value, where))
             if plan.votes is not None:
@@ -227,9 +232,10 @@ def pack(
     total = sum(len(p.images) for p in plans)
     pool = Pool(workers) if workers > 1 else None
     try:
-        with judgments.write(out, overwrite=overwrite) as writer, tqdm(
-            total=total, unit="item", disable=not progress, desc=f"pack {out.name}"
-        ) as bar:
+        with (
+            judgments.write(out, overwrite=overwrite) as writer,
+            tqdm(total=total, unit="item", disable=not progress, desc=f"pack {out.name}") as bar,
+        ):
             for plan in plans:
                 n = len(plan.images)
                 g = writer.create_group(

@@ -4,7 +4,7 @@ The photographs are the ones scikit-image ships in its wheel, so the demo needs 
 Training triplets come from one set of photos, validation triplets and JND pairs from
 others. Each distortion (noise, blur, JPEG, colour, lightness, contrast, small shifts) has a
 strength in [0, 1] and a perceptual cost that grows with it; how much each kind costs, and
-that small shifts cost little although they move every pixel, is this simulation's
+that small shifts cost less than noise although they move every pixel, is this simulation's
 assumption. Each simulated observer sees the two costs with noise and picks the smaller, so
 judgments are fractions with realistic disagreement (2 observers per training triplet and 5
 per validation triplet, as in BAPPS; 3 per JND pair). **The judgments are simulated**: use
@@ -29,11 +29,23 @@ from .. import judgments
 from ..errors import JudgmentsError
 
 DEMO_VERSION = 1
-TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "ihc.png",
-                "camera.png", "brick.png", "grass.png", "moon.png", "page.png", "text.png")
+TRAIN_PHOTOS = (
+    "astronaut.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "camera.png",
+    "brick.png",
+    "grass.png",
+    "moon.png",
+    "page.png",
+    "text.png",
+)
 VAL_PHOTOS = ("chelsea.png", "retina.jpg", "gravel.png", "coins.png")
 # perceptual cost of each distortion at full strength (the simulation's assumption)
-COSTS = {"noise": 1.0, "blur": 0.9, "jpeg": 0.8, "contrast": 0.45, "color": 0.5, "lightness": 0.35, "shift": 0.15}
+COSTS = {"noise": 1.0, "blur": 0.9, "jpeg": 0.8, "contrast": 0.45, "color": 0.5, "lightness": 0.35, "shift": 0.55}
 OBSERVER_NOISE = 0.06  # spread of each observer's perceived cost
 SIZE = 64
 
@@ -118,8 +130,14 @@ def _jnd(photos: list[np.ndarray], n: int, observers: int, rng: np.random.Genera
     return {"p0": p0, "p1": p1, "same": same}
 
 
-def build_demo(out: str | os.PathLike, seed: int = 0, n_train: int = 4000, n_val: int = 500, n_jnd: int = 500,
-               overwrite: bool = False) -> Path:
+def build_demo(
+    out: str | os.PathLike,
+    seed: int = 0,
+    n_train: int = 4000,
+    n_val: int = 500,
+    n_jnd: int = 500,
+    overwrite: bool = False,
+) -> Path:
     """Write the demo judgments file; the same seed gives the same file contents."""
     rng = np.random.default_rng(seed)
     train_photos = [_photo(p) for p in TRAIN_PHOTOS]
@@ -166,8 +184,10 @@ def ensure_demo(seed: int = 0) -> Path:
 
 def main(argv: Sequence[str]) -> int:
     """``lpips-lightning demo-data``."""
-    p = argparse.ArgumentParser(prog="lpips-lightning demo-data",
-                                description="Build the demo judgments file (real photos, simulated observers).")
+    p = argparse.ArgumentParser(
+        prog="lpips-lightning demo-data",
+        description="Build the demo judgments file (real photos, simulated observers).",
+    )
     p.add_argument("out", help="the judgments file to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", type=int, default=4000, help="training triplets")

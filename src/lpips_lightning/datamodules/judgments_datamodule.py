@@ -27,7 +27,10 @@ class JudgmentsDataset(Dataset):
     """
 
     def __init__(
-        self, path: str | os.PathLike, groups: Sequence[str], in_memory: bool = False,
+        self,
+        path: str | os.PathLike,
+        groups: Sequence[str],
+        in_memory: bool = False,
         group_ids: Sequence[int] | None = None,
     ) -> None:
         if not groups:
@@ -220,7 +223,9 @@ class JudgmentsDataModule(pl.LightningDataModule):
         for stage_name, groups in (("val", self.val_groups), ("test", self.test_groups)):
             if groups:
                 memory = self._in_memory(groups)
-                self.datasets[stage_name] = [JudgmentsDataset(self.file, [g], memory, [i]) for i, g in enumerate(groups)]
+                self.datasets[stage_name] = [
+                    JudgmentsDataset(self.file, [g], memory, [i]) for i, g in enumerate(groups)
+                ]
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.train_groups and world > 1 and len(self.datasets["train"][0]) < world * self.batch_size:
             raise ConfigError(

@@ -1,0 +1,211 @@
+"""The command line as a user runs it: configs, run folders, resume, W&B offline, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lpips_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+DATAMODULES = sorted(p.name for p in (ROOT / "datamodules").glob("*.yaml"))
+OVERLAYS = {"ddp.yaml", "debug.yaml"}
+
+
+def _fit_args(tmp_path, data, *extra):
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs/lin_alex.yaml"),
+        "--model.pretrained",
+        "false",
+        "--data.path",
+        str(data),
+        "--data.val",
+        "[2afc/val/*, jnd/val/*]",
+        "--data.batch_size",
+        "4",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        *extra,
+    ]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_config_parses(config, capsys):
+    args = ["fit", "--config", str(ROOT / "configs" / config)]
+    if config in OVERLAYS:
+        args = ["fit", "--config", str(ROOT / "configs/lin_alex.yaml"), *args[1:]]
+    if config != "demo.yaml":
+        args += ["--data", str(ROOT / "datamodules/demo.yaml")]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--print_config"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "model:" in out and "data:" in out and "path:" in out
+
+
+@pytest.mark.parametrize("datamodule", DATAMODULES)
+def test_every_datamodule_yaml_parses_and_is_commented(datamodule, capsys):
+    text = (ROOT / "datamodules" / datamodule).read_text()
+    fields = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert all("#" in ln for ln in fields), f"uncommented field in {datamodule}"
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/lin_alex.yaml"),
+                "--data",
+                str(ROOT / "datamodules" / datamodule),
+                "--print_config",
+            ]
+        )
+    assert "batch_size: 50" in capsys.readouterr().out
+
+
+def test_configs_are_commented():
+    for config in CONFIGS:
+        lines = [ln for ln in (ROOT / "configs" / config).read_text().splitlines() if ln and not ln.startswith("#")]
+        assert all("#" in ln or ln.rstrip().endswith(":") for ln in lines), config
+
+
+def _error(capsys, args) -> str:
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_errors_before_training_are_one_line(bapps_h5, tmp_path, capsys, monkeypatch):
+    err = _error(capsys, _fit_args(tmp_path, tmp_path / "gone.h5"))
+    assert "gone.h5: no such judgments file" in err
+    (tmp_path / "notjudgments.h5").write_text("x")
+    assert "not a readable judgments file" in _error(capsys, _fit_args(tmp_path, tmp_path / "notjudgments.h5"))
+    err = _error(capsys, _fit_args(tmp_path, bapps_h5, "--data.train", "[2afc/train/nope]"))
+    assert "no group matches '2afc/train/nope'; the file has: 2afc/train/trad" in err
+    err = _error(capsys, _fit_args(tmp_path, bapps_h5, "--model.backbone", "resnet"))
+    assert "unknown backbone 'resnet'; choose one of: alex, vgg, squeeze" in err
+    err = _error(capsys, _fit_args(tmp_path, bapps_h5, "--model.variant", "fine"))
+    assert "unknown variant 'fine'" in err
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    monkeypatch.setattr("torch.hub.download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    err = _error(capsys, _fit_args(tmp_path, bapps_h5, "--model.pretrained", "true"))
+    assert "alexnet-owt-7be5be79.pth is missing" in err and "backbone_weights=PATH" in err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/*.ckpt"))
+
+
+def test_resume_ends_with_the_same_weights(bapps_h5, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert main(_fit_args(tmp_path, bapps_h5, "--trainer.max_epochs", "3", "--run_name", "straight")) == 0
+    assert main(_fit_args(tmp_path, bapps_h5, "--trainer.max_epochs", "2", "--run_name", "cut")) == 0
+    assert main(_fit_args(tmp_path, bapps_h5, "--trainer.max_epochs", "3", "--ckpt_path", "last")) == 0
+    a = torch.load(tmp_path / "runs/straight/last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "runs/cut/last.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    assert any(k.startswith("lpips.heads") for k in a["state_dict"])
+
+
+def test_fit_leaves_a_complete_run_folder_and_w_and_b_offline(bapps_h5, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(_fit_args(tmp_path, bapps_h5, "--trainer.max_epochs", "2", "--run_name", "r1")) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs/r1"
+    assert "W&B runs offline" in out and "wandb sync" in out
+    assert "best val/2afc/mean:" in out and f"run folder: {run}" in out and "val/2afc/cnn" in out
+    assert (run / "config.yaml").is_file() and (run / "last.ckpt").is_file()
+    assert list(run.glob("best-epoch*.ckpt"))
+    assert (run / "val_2afc.png").stat().st_size > 1000
+    rows = _metrics(run)
+    assert any(r.get("val/2afc/mean") for r in rows) and any(r.get("val/jnd_map/cnn") for r in rows)
+    assert list((run / "wandb").glob("offline-run-*"))
+    # the checkpoint loads with weights_only=True
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["variant"] == "lin"
+
+
+def test_train_py_runs_the_same_cli():
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "fit" in result.stdout and "distance" in result.stdout
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_validate_like_one(tmp_path):
+    """A 2-process CPU DDP (gloo) fit runs; its checkpoint validates identically on 1 and 2 processes."""
+    from conftest import make_bapps
+
+    from lpips_lightning.pack import pack
+
+    make_bapps(tmp_path / "b", n=13)  # odd: DistributedSampler would pad with a repeat
+    data = pack(tmp_path / "b", tmp_path / "d.h5", size=32, workers=1, progress=False)
+    env = dict(os.environ, WANDB_MODE="disabled")
+    cli = [sys.executable, "-m", "lpips_lightning.cli"]
+
+    def run(*args):
+        result = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    base = _fit_args(tmp_path, data, "--data.batch_size", "3", "--trainer.max_epochs", "1")
+    run(*base, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--run_name", "ddp")
+    ckpt = tmp_path / "runs/ddp/last.ckpt"
+    assert ckpt.is_file()
+    scores = {}
+    for devices in ("1", "2"):
+        args = [a if a != "fit" else "validate" for a in base]
+        run(
+            *args,
+            "--trainer.devices",
+            devices,
+            "--trainer.strategy",
+            "ddp" if devices == "2" else "auto",
+            "--ckpt_path",
+            str(ckpt),
+            "--run_name",
+            f"val{devices}",
+        )
+        rows = _metrics(tmp_path / f"runs/val{devices}")
+        scores[devices] = {k: float(v) for r in rows for k, v in r.items() if k.startswith("val/") and v}
+    assert scores["1"] and scores["1"] == scores["2"]
+
+
+@pytest.mark.slow
+def test_demo_reaches_its_score(tmp_path, monkeypatch, capsys):
+    """The README's main job: the demo config trains to a validation 2AFC of at least 0.75."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--run_name",
+        "demo",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    assert main(args) == 0
+    best = max(float(r["val/2afc/mean"]) for r in _metrics(tmp_path / "runs/demo") if r.get("val/2afc/mean"))
+    assert best >= 0.75, best

@@ -1,0 +1,58 @@
+"""2AFC and JND metrics against independent numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lpips_lightning.metrics import JNDAveragePrecision, TwoAFCScore
+
+
+def numpy_2afc(d0, d1, judge):
+    return np.mean(np.where(d0 < d1, 1 - judge, np.where(d1 < d0, judge, 0.5)))
+
+
+def numpy_voc_ap(d, same):
+    """The original's score_jnd_dataset + voc_ap, with the distances flattened first."""
+    order = np.argsort(d, kind="stable")
+    s = same[order]
+    tp, fp = np.cumsum(s), np.cumsum(1 - s)
+    rec, prec = tp / np.sum(s), tp / (tp + fp)
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    for i in range(mpre.size - 1, 0, -1):
+        mpre[i - 1] = max(mpre[i - 1], mpre[i])
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+    return np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_2afc_matches_numpy_over_batches(seed):
+    rng = np.random.default_rng(seed)
+    d0, d1 = rng.random(103), rng.random(103)
+    d1[:10] = d0[:10]  # ties count half
+    judge = rng.integers(0, 6, 103) / 5
+    m = TwoAFCScore()
+    for i in range(0, 103, 25):
+        m.update(torch.tensor(d0[i : i + 25]), torch.tensor(d1[i : i + 25]), torch.tensor(judge[i : i + 25]))
+    assert m.compute().item() == pytest.approx(numpy_2afc(d0, d1, judge), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_jnd_map_matches_numpy_and_is_not_the_original_bug(seed):
+    rng = np.random.default_rng(seed)
+    d = rng.random(200)
+    same = (rng.random(200) < 1 / (1 + np.exp(8 * (d - 0.5)))).astype(float) * rng.choice([1, 2 / 3], 200)
+    m = JNDAveragePrecision()
+    for i in range(0, 200, 64):  # (N, 1, 1, 1) like the original's distances: flattened
+        m.update(torch.tensor(d[i : i + 64]).view(-1, 1, 1, 1), torch.tensor(same[i : i + 64]))
+    value = m.compute().item()
+    assert value == pytest.approx(numpy_voc_ap(d, same), abs=1e-12)
+    assert 0.3 < value < 0.99
+
+
+def test_jnd_map_is_one_for_a_perfect_ranking():
+    m = JNDAveragePrecision()
+    m.update(torch.arange(10.0), torch.tensor([1.0] * 4 + [0.0] * 6))
+    assert m.compute().item() == pytest.approx(1.0)

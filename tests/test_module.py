@@ -1,0 +1,109 @@
+"""LPIPSModule: variants, clamping, learning, precision, resume."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from lpips_lightning.datamodules import JudgmentsDataModule
+from lpips_lightning.errors import ConfigError, TrainingError
+from lpips_lightning.module import LPIPSModule
+
+
+def _trainer(tmp_path, **kw):
+    kw.setdefault("max_epochs", 1)
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kw,
+    )
+
+
+def _dm(path, **kw):
+    return JudgmentsDataModule(str(path), val=["2afc/val/*", "jnd/val/*"], batch_size=4, **kw)
+
+
+@pytest.mark.parametrize(
+    ("variant", "backbone"),
+    [("lin", "alex"), ("lin", "vgg"), ("lin", "squeeze"), ("tune", "alex"), ("tune", "squeeze"), ("scratch", "alex")],
+)
+def test_fast_dev_run_each_variant(imagenet_cache, bapps_h5, tmp_path, variant, backbone):
+    model = LPIPSModule(variant=variant, backbone=backbone)
+    before = {k: v.clone() for k, v in model.lpips.net.state_dict().items()}
+    heads_before = [h.weight.clone() for h in model.lpips.heads]
+    _trainer(tmp_path, fast_dev_run=2).fit(model, _dm(bapps_h5))
+    changed = any(not torch.equal(before[k], v) for k, v in model.lpips.net.state_dict().items())
+    assert changed == (variant != "lin"), "lin must leave the backbone alone; tune/scratch must train it"
+    assert all(not torch.equal(a, h.weight) for a, h in zip(heads_before, model.lpips.heads))
+    assert all((h.weight >= 0).all() for h in model.lpips.heads)
+    assert "val/2afc/cnn" in model.scores["val"] and "val/jnd_map/cnn" in model.scores["val"]
+
+
+def test_lin_runs_no_backward_through_the_backbone(bapps_h5):
+    model = LPIPSModule(variant="lin", pretrained=False)
+    dm = _dm(bapps_h5)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    model.lpips.net.requires_grad_(True)  # even if asked to, lin must not differentiate the backbone
+    d0, d1 = model.triplet_distances(batch)
+    model.rank_head(d0, d1, batch["judge"]).backward()
+    assert all(p.grad is None for p in model.lpips.net.parameters())
+    assert all(h.weight.grad is not None and torch.isfinite(h.weight.grad).all() for h in model.lpips.heads)
+
+
+def test_unknown_choices_list_valid_ones():
+    with pytest.raises(ConfigError, match="unknown variant 'fine'; choose one of: lin, tune, scratch"):
+        LPIPSModule(variant="fine")
+    with pytest.raises(ConfigError, match="unknown loss 'l1'; choose one of: bce_rank, hinge"):
+        LPIPSModule(loss="l1", pretrained=False)
+    with pytest.raises(ConfigError, match="'scratch' trains a random backbone"):
+        LPIPSModule(variant="scratch", pretrained=True)
+
+
+def test_nan_loss_stops_naming_the_step(bapps_h5, tmp_path):
+    model = LPIPSModule(variant="lin", pretrained=False)
+    real = model.rank_head.forward
+    calls = {"n": 0}
+
+    def poisoned(d0, d1, judge):
+        calls["n"] += 1
+        loss = real(d0, d1, judge)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    model.rank_head.forward = poisoned
+    with pytest.raises(TrainingError, match="NaN or infinite at step 1"):
+        _trainer(tmp_path, limit_train_batches=3).fit(model, _dm(bapps_h5))
+
+
+def test_hinge_loss_trains(bapps_h5, tmp_path):
+    model = LPIPSModule(variant="lin", pretrained=False, loss="hinge")
+    _trainer(tmp_path, fast_dev_run=2).fit(model, _dm(bapps_h5))
+    assert all((h.weight >= 0).all() for h in model.lpips.heads)
+
+
+def test_bf16_mixed_on_cpu(bapps_h5, tmp_path):
+    model = LPIPSModule(variant="tune", pretrained=False)
+    _trainer(tmp_path, fast_dev_run=2, precision="bf16-mixed").fit(model, _dm(bapps_h5))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert 0.0 <= model.scores["val"]["val/2afc/mean"] <= 1.0
+
+
+def test_lr_schedule_matches_the_original(bapps_h5, tmp_path):
+    model = LPIPSModule(variant="lin", pretrained=False, epochs_constant=2, epochs_decay=2)
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    _trainer(tmp_path, max_epochs=4, limit_train_batches=1, limit_val_batches=0, callbacks=[Record()]).fit(
+        model, _dm(bapps_h5)
+    )
+    assert seen == pytest.approx([1e-4, 1e-4, 1e-4, 0.5e-4])
