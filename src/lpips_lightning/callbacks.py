@@ -72,19 +72,20 @@ class FitSummary(Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-        best = ckpt.best_model_score if ckpt is not None else None
+        checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+        best = next((c for c in checkpoints if c.monitor), None)
+        last = next((c for c in checkpoints if not c.monitor), None)
         scores = getattr(pl_module, "scores", {}).get("val", {})
         lines = ["", "=== lpips-lightning: fit finished ==="]
-        if best is not None:
-            lines.append(f"best val/2afc/mean: {float(best):.4f}")
+        if best is not None and best.best_model_score is not None:
+            lines.append(f"best {best.monitor}: {float(best.best_model_score):.4f}")
         if scores:
             lines.append(f"last validation (epoch {trainer.current_epoch}):")
             lines += [f"  {k:<28} {v:.4f}" for k, v in scores.items()]
-        if ckpt is not None and ckpt.best_model_path:
-            lines.append(f"best checkpoint: {ckpt.best_model_path}")
-        if ckpt is not None and ckpt.last_model_path:
-            lines.append(f"last checkpoint: {ckpt.last_model_path}")
+        if best is not None and best.best_model_path:
+            lines.append(f"best checkpoint: {best.best_model_path}")
+        if last is not None and last.best_model_path:
+            lines.append(f"last checkpoint: {last.best_model_path}")
         lines.append(f"run folder: {self.run_dir}")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and getattr(logger, "_offline", False):

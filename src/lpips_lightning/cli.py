@@ -104,9 +104,8 @@ def make_loggers(run_dir: Path, run_name: str, project: str) -> list:
     offline = mode in ("offline", "dryrun") or not _wandb_online()
     if offline:
         os.environ["WANDB_MODE"] = "offline"
-        print(
-            f"W&B runs offline (not logged in, or no network); sync later with: wandb sync {run_dir}/wandb/offline-run-*"
-        )
+        hint = f"wandb sync {run_dir}/wandb/offline-run-*"
+        print(f"W&B runs offline (not logged in, or no network); sync later with: {hint}")
     loggers.append(WandbLogger(name=run_name, project=project, save_dir=str(run_dir), offline=offline))
     return loggers
 
@@ -169,16 +168,17 @@ def _cli_class():
                 extra["logger"] = make_loggers(self.run_dir, config.run_name, config.wandb_project)
             callbacks = [SubsetChart(self.run_dir), FitSummary(self.run_dir)]
             if self.subcommand == "fit" and config.trainer.get("enable_checkpointing", True) is not False:
-                callbacks.append(
-                    ModelCheckpoint(
-                        dirpath=self.run_dir,
-                        filename="best-epoch{epoch:02d}-2afc{val/2afc/mean:.4f}",
-                        auto_insert_metric_name=False,
-                        monitor="val/2afc/mean",
-                        mode="max",
-                        save_last=True,
-                    )
+                # the best by val/2afc/mean, and last.ckpt after every epoch (Lightning's own
+                # save_last only follows a new best), which `--ckpt_path last` resumes from
+                best = ModelCheckpoint(
+                    dirpath=self.run_dir,
+                    filename="best-epoch{epoch:02d}-2afc{val/2afc/mean:.4f}",
+                    auto_insert_metric_name=False,
+                    monitor="val/2afc/mean",
+                    mode="max",
                 )
+                last = ModelCheckpoint(dirpath=self.run_dir, filename="last", enable_version_counter=False)
+                callbacks += [best, last]
             if extra.get("logger") and self.subcommand == "fit":
                 callbacks.append(LearningRateMonitor("epoch"))
             trainer_config = {**self._get(self.config_init, "trainer", default={}), **extra, **kwargs}

@@ -117,12 +117,6 @@ class LPIPSModule(LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, c, d))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    def on_train_epoch_start(self) -> None:
-        # Each epoch's shuffling and dropout depend on (seed, epoch) only, so a run resumed from
-        # a checkpoint ends with the same weights as an uninterrupted one.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        torch.manual_seed(seed * 1_000_003 + self.current_epoch)
-
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         self.lpips.clamp_heads()
@@ -150,6 +144,10 @@ class LPIPSModule(LightningModule):
         return self.lpips(x0, x1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if batch_idx == 0:
+            # Each epoch's dropout depends on (seed, epoch) only (and its order, see the data
+            # module's sampler), so a resumed run ends with the same weights as an uninterrupted one.
+            torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + self.current_epoch)
         d0, d1 = self.triplet_distances(batch)
         loss = self.rank_head(d0, d1, batch["judge"])
         self._watch_loss(loss)
