@@ -17,13 +17,13 @@ def test_batches_and_per_group_loaders(bapps_h5):
     dm.setup("fit")
     assert dm.groups("val") == ["2afc/val/cnn", "jnd/val/cnn"]
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"ref", "p0", "p1", "judge", "group"}
+    assert set(batch) == {"ref", "p0", "p1", "judge", "group", "index"}
     assert batch["ref"].dtype == torch.uint8 and batch["ref"].shape == (5, 3, 32, 32)
     assert batch["judge"].dtype == torch.float32
     loaders = dm.val_dataloader()
     assert len(loaders) == 2
     jnd = next(iter(loaders[1]))
-    assert set(jnd) == {"p0", "p1", "same", "group"} and (jnd["group"] == 1).all()
+    assert set(jnd) == {"p0", "p1", "same", "group", "index"} and (jnd["group"] == 1).all()
     with h5py.File(bapps_h5) as f:  # validation order is the file's order
         np.testing.assert_array_equal(jnd["p1"].numpy(), f["jnd/val/cnn/p1"][:5])
         np.testing.assert_allclose(jnd["same"].numpy(), f["jnd/val/cnn/same"][:5])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from torch import nn
 
 from . import judgments
 from .errors import ConfigError, TrainingError, check_choice
 from .heads import make_head
-from .lpips import LPIPS, to_unit_range
+from .lpips import LPIPS, normalize_tensor, to_unit_range
 from .metrics import JNDAveragePrecision, TwoAFCScore
 
 VARIANTS = ("lin", "tune", "scratch")
@@ -22,7 +23,7 @@ def lr_factor(epoch: int, epochs_constant: int, epochs_decay: int) -> float:
 
     With 5 + 5 epochs: epochs 0..5 at 1.0, then 0.8, 0.6, 0.4, 0.2 (the original's 7..10).
 
-    >>> [lr_factor(e, 5, 5) for e in range(10)]
+    >>> [round(lr_factor(e, 5, 5), 6) for e in range(10)]
     [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2]
     """
     if epoch <= epochs_constant or epochs_decay <= 0:
@@ -57,6 +58,16 @@ class LPIPSModule(LightningModule):
         epochs_constant: epochs at the full rate (the schedule adds one, as the original does).
         epochs_decay: epochs of linear decay after that.
         dropout: dropout (p=0.5) before each head while training.
+        feature_cache: ``lin`` only. Without dropout the distance is linear in the head weights,
+            d = sum over taps and channels of w[c] * (spatial mean of the squared normalised
+            difference), so one pass of the frozen backbone over the training set turns each
+            pair into a vector of channel means (1,152 numbers for alex) and every epoch after
+            it is small matrix products: the same distances and gradients as the full path.
+            Regularisation differs: dropout (when on) drops channel means of each pair instead
+            of each pixel's difference. Validation always runs the full path.
+        channels_last: on a GPU, run the backbone in channels-last memory format (faster convolutions).
+        compile: ``torch.compile`` the training computation: ``false``, ``true`` (default mode),
+            ``reduce-overhead`` (CUDA graphs: small batches stop being launch-bound) or ``max-autotune``.
     """
 
     def __init__(
@@ -73,6 +84,9 @@ class LPIPSModule(LightningModule):
         epochs_constant: int = 5,
         epochs_decay: int = 5,
         dropout: bool = True,
+        feature_cache: bool = False,
+        channels_last: bool = True,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         check_choice("variant", variant, VARIANTS)
@@ -80,6 +94,12 @@ class LPIPSModule(LightningModule):
             pretrained = variant != "scratch"
         if variant == "scratch" and (pretrained or backbone_weights):
             raise ConfigError("variant 'scratch' trains a random backbone: drop pretrained / backbone_weights")
+        if feature_cache and variant != "lin":
+            raise ConfigError(f"feature_cache needs a frozen backbone: variant 'lin', not {variant!r}")
+        if compile not in (True, False, "default", "reduce-overhead", "max-autotune"):
+            raise ConfigError(
+                f"unknown compile {compile!r}; choose one of: false, true, default, reduce-overhead, max-autotune"
+            )
         if lr <= 0:
             raise ConfigError(f"lr must be positive, got {lr}")
         self.save_hyperparameters()
@@ -99,6 +119,14 @@ class LPIPSModule(LightningModule):
         self.groups: dict[str, list[str]] = {"val": [], "test": []}
         self.scores: dict[str, dict[str, float]] = {}
         self._first_bad_step: torch.Tensor | None = None
+        self.feature_cache = feature_cache
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._compiled = None
+
+    @property
+    def needs_train_images(self) -> bool:
+        """Whether training batches must carry images (not with the feature cache: indices suffice)."""
+        return not self.feature_cache
 
     # --- set-up ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -110,9 +138,21 @@ class LPIPSModule(LightningModule):
                 TwoAFCScore() if judgments.kind_of(g) == "2afc" else JNDAveragePrecision() for g in groups
             )
 
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda" and self.hparams.channels_last:
+            self.lpips.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not self.feature_cache:
+            mode = None if self.hparams.compile in (True, "default") else self.hparams.compile
+            self._compiled = torch.compile(self._train_loss, mode=mode)
+
+    def on_train_start(self) -> None:
+        if self.feature_cache and self._cache is None:
+            self._cache = self._build_cache()
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+        fused = self.device.type == "cuda" or None
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=fused)
         c, d = self.hparams.epochs_constant, self.hparams.epochs_decay
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, c, d))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
@@ -126,6 +166,8 @@ class LPIPSModule(LightningModule):
         """d(ref, p0) and d(ref, p1), each image through the backbone once."""
         n = batch["ref"].shape[0]
         x = to_unit_range(torch.cat([batch["ref"], batch["p0"], batch["p1"]]))
+        if x.device.type == "cuda" and self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.variant == "lin":
             with torch.no_grad():
                 feats = self.lpips.features(x)
@@ -135,6 +177,49 @@ class LPIPSModule(LightningModule):
         d0 = self.lpips.distance(ref, [f[n : 2 * n] for f in feats])
         d1 = self.lpips.distance(ref, [f[2 * n :] for f in feats])
         return d0, d1
+
+    def _train_loss(self, ref, p0, p1, judge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d0, d1 = self.triplet_distances({"ref": ref, "p0": p0, "p1": p1})
+        return self.rank_head(d0, d1, judge), d0, d1
+
+    # --- the feature cache (lin) ----------------------------------------------------------
+    def pair_vectors(self, f0: list[torch.Tensor], f1: list[torch.Tensor]) -> torch.Tensor:
+        """Per pair, every tap's channel means of the squared normalised difference: (N, sum of channels)."""
+        return torch.cat(
+            [((normalize_tensor(a) - normalize_tensor(b)) ** 2).mean(dim=(2, 3)) for a, b in zip(f0, f1)], 1
+        )
+
+    def head_vector(self) -> torch.Tensor:
+        """All head weights as one vector, in `pair_vectors` order."""
+        return torch.cat([h.weight.flatten() for h in self.lpips.heads])
+
+    def cached_distances(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d(ref, p0) and d(ref, p1) of training items `index` from the cache: vectors @ head weights."""
+        assert self._cache is not None
+        v0, v1 = self._cache[0][index], self._cache[1][index]
+        if self.lpips.dropout and self.training:
+            v0, v1 = F.dropout(v0, 0.5, True), F.dropout(v1, 0.5, True)
+        w = self.head_vector()
+        return v0 @ w, v1 @ w
+
+    @torch.no_grad()
+    def _build_cache(self, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of the frozen backbone over the training set: (N, C) vectors for (ref, p0) and (ref, p1)."""
+        dataset = self.trainer.datamodule.datasets["train"][0]
+        v0, v1 = [], []
+        with self.trainer.precision_plugin.forward_context():
+            for start in range(0, len(dataset), chunk):
+                images = dataset.read_images(range(start, min(start + chunk, len(dataset))))
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in images.items()}
+                n = batch["ref"].shape[0]
+                x = to_unit_range(torch.cat([batch["ref"], batch["p0"], batch["p1"]]))
+                if x.device.type == "cuda" and self.hparams.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                feats = self.lpips.features(x)
+                ref = [f[:n] for f in feats]
+                v0.append(self.pair_vectors(ref, [f[n : 2 * n] for f in feats]).float())
+                v1.append(self.pair_vectors(ref, [f[2 * n :] for f in feats]).float())
+        return torch.cat(v0), torch.cat(v1)
 
     def pair_distance(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """d(p0, p1) for a JND batch."""
@@ -148,8 +233,13 @@ class LPIPSModule(LightningModule):
             # Each epoch's dropout depends on (seed, epoch) only (and its order, see the data
             # module's sampler), so a resumed run ends with the same weights as an uninterrupted one.
             torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + self.current_epoch)
-        d0, d1 = self.triplet_distances(batch)
-        loss = self.rank_head(d0, d1, batch["judge"])
+        if self._cache is not None:
+            d0, d1 = self.cached_distances(batch["index"])
+            loss = self.rank_head(d0, d1, batch["judge"])
+        elif self._compiled is not None:
+            loss, d0, d1 = (t.clone() for t in self._compiled(batch["ref"], batch["p0"], batch["p1"], batch["judge"]))
+        else:
+            loss, d0, d1 = self._train_loss(batch["ref"], batch["p0"], batch["p1"], batch["judge"])
         self._watch_loss(loss)
         self.train_2afc.update(d0, d1, batch["judge"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(d0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,7 +22,8 @@ class JudgmentsDataset(Dataset):
     Indexing with a list of indices (``__getitems__``, used by `DataLoader`) returns a whole
     batch: ``{"ref", "p0", "p1"}`` (or ``{"p0", "p1"}``) uint8 (B, 3, H, W), ``"judge"`` (or
     ``"same"``) float32 (B,), and ``"group"``, the index of each item's group in `group_ids`.
-    The HDF5 file is opened on first use in each process and never pickled.
+    The HDF5 file is opened on first use in each process and never pickled. ``"index"`` holds
+    each item's index in the dataset; with `index_only` the images are left out.
     """
 
     def __init__(
@@ -59,6 +59,8 @@ class JudgmentsDataset(Dataset):
                     k: torch.from_numpy(np.concatenate([f[g][k][()] for g in self.groups])) for k in self.keys
                 }
         self._file: h5py.File | None = None
+        # only indices, judgments and groups: the images are gathered elsewhere (on the device)
+        self.index_only = False
 
     @staticmethod
     def nbytes(path: str | os.PathLike, groups: Sequence[str]) -> int:
@@ -86,14 +88,19 @@ class JudgmentsDataset(Dataset):
                 out[k][j] = _read_sample(d, local)
         return {k: torch.from_numpy(v) for k, v in out.items()}
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def read_images(self, indices: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The images of items `indices`, uint8 (B, 3, H, W) per key, from memory or the file."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         if self.images is not None:
-            batch = {k: v[idx] for k, v in self.images.items()}
-        else:
-            batch = self._read(idx.numpy())
+            return {k: v[idx] for k, v in self.images.items()}
+        return self._read(idx.numpy())
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        batch = {} if self.index_only else self.read_images(idx)
         batch[self.target_key] = self.targets[idx]
         batch["group"] = self.group_of[idx]
+        batch["index"] = idx
         return batch
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -208,6 +215,7 @@ class JudgmentsDataModule(pl.LightningDataModule):
         self.val_groups: list[str] = []
         self.test_groups: list[str] = []
         self.datasets: dict[str, list[JudgmentsDataset]] = {}
+        self._device_store: dict[str, torch.Tensor] | None = None
         if self.path is not None:  # fail early, before any model is built
             self._resolve()
 
@@ -244,10 +252,16 @@ class JudgmentsDataModule(pl.LightningDataModule):
         if self.datasets:  # safe to call twice
             return
         self._resolve()
+        self._device_store: dict[str, torch.Tensor] | None = None
         if self.train_groups:
-            self.datasets["train"] = [
-                JudgmentsDataset(self.file, self.train_groups, self._in_memory(self.train_groups))
-            ]
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            needs_images = getattr(module, "needs_train_images", True)
+            on_device = needs_images and self._store_on_device(self.train_groups)
+            train = JudgmentsDataset(self.file, self.train_groups, on_device or self._in_memory(self.train_groups))
+            if on_device:  # the loader yields indices only; images are gathered on the device
+                self._device_store = train.images
+            train.index_only = on_device or not needs_images
+            self.datasets["train"] = [train]
         for stage_name, groups in (("val", self.val_groups), ("test", self.test_groups)):
             if groups:
                 memory = self._in_memory(groups)
@@ -294,14 +308,21 @@ class JudgmentsDataModule(pl.LightningDataModule):
         """The resolved groups of a stage (``train``, ``val``, ``test``), in loader order."""
         return {"train": self.train_groups, "val": self.val_groups, "test": self.test_groups}[stage]
 
-    def train_tensors(self) -> dict[str, torch.Tensor] | None:
-        """The whole training set as uint8 tensors when it is held in memory, for on-device training."""
-        data = self.datasets.get("train")
-        if not data or data[0].images is None:
-            return None
-        return {**data[0].images, "judge": data[0].targets}
+    def _store_on_device(self, groups: list[str]) -> bool:
+        if self.on_device != "auto":
+            return bool(self.on_device)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        return JudgmentsDataset.nbytes(self.file, groups) < free // 4
 
-    @staticmethod
-    def batches_per_epoch(n: int, batch_size: int) -> int:
-        """Batches in an epoch of `n` items (the last one may be short)."""
-        return math.ceil(n / batch_size)
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        """Gather the images of an index-only training batch from the device-resident store."""
+        store = self._device_store
+        if store is not None and "index" in batch and "p0" not in batch:
+            index = batch["index"]
+            if next(iter(store.values())).device != index.device:
+                store = self._device_store = {k: v.to(index.device) for k, v in store.items()}
+            batch.update({k: v[index] for k, v in store.items()})
+        return batch

@@ -1,0 +1,208 @@
+"""Training throughput of LPIPSModule through Lightning's Trainer.fit with the real JudgmentsDataModule.
+
+Writes a judgments file of random triplets into a temporary folder, then for each combination
+of the flags times K steady-state training steps (after W warm-up steps, device synchronised)
+and prints one line per run ending in ``triplets/s=<number>``, with peak host and device memory.
+Several values for a flag give a table.
+
+    python bench/throughput.py --variant lin --backbone alex --batch 50 --steps 30          # CPU
+    python bench/throughput.py --device cuda --precision bf16-mixed --batch 50 512
+    python bench/throughput.py --matrix      # the whole GPU matrix (variants x backbones x 50, 512)
+
+ImageNet weights are not needed: the backbones start random (speed does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+
+from lpips_lightning import judgments  # noqa: E402
+from lpips_lightning.datamodules import JudgmentsDataModule  # noqa: E402
+from lpips_lightning.module import LPIPSModule  # noqa: E402
+
+
+def write_random_judgments(path: Path, n: int, size: int = 64, seed: int = 0) -> Path:
+    """A judgments file of `n` random triplets (and a tiny val group), written in blocks."""
+    rng = np.random.default_rng(seed)
+    with judgments.write(path, overwrite=True) as w:
+        for group, count in (("2afc/train/random", n), ("2afc/val/random", 8)):
+            g = w.create_group(group, count, (size, size), "bench: random")
+            for start in range(0, count, 4096):
+                m = min(4096, count - start)
+                block = {k: rng.integers(0, 256, (m, 3, size, size), dtype=np.uint8) for k in ("ref", "p0", "p1")}
+                block["judge"] = rng.random(m).astype(np.float32)
+                w.fill(g, start, block)
+    return path
+
+
+class Timer(pl.Callback):
+    """Times steps warmup..warmup+steps (synchronising the device), then stops the run."""
+
+    def __init__(self, warmup: int, steps: int, batch: int) -> None:
+        self.warmup, self.steps, self.batch = warmup, steps, batch
+        self.start = self.rate = None
+
+    def _sync(self, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self.warmup:
+            self._sync(pl_module)
+            self.start = time.perf_counter()
+        elif step == self.warmup + self.steps:
+            self._sync(pl_module)
+            self.rate = self.steps * self.batch / (time.perf_counter() - self.start)
+            trainer.should_stop = True
+
+
+def run_one(
+    data: Path,
+    variant: str,
+    backbone: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    precision: str,
+    compile: bool,
+    feature_cache: bool,
+    on_device: str,
+    num_workers: int,
+) -> dict:
+    torch.manual_seed(0)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = LPIPSModule(
+        variant=variant,
+        backbone=backbone,
+        pretrained=False if variant != "scratch" else None,
+        compile=compile,
+        feature_cache=feature_cache,
+    )
+    dm = JudgmentsDataModule(
+        str(data),
+        train=["2afc/train/*"],
+        val=["2afc/val/*"],
+        batch_size=batch,
+        num_workers=num_workers,
+        in_memory=True,
+        on_device=on_device,
+    )
+    timer = Timer(warmup, steps, batch)
+    trainer = pl.Trainer(
+        accelerator=device,
+        devices=1,
+        precision=precision,
+        max_steps=warmup + steps + 1,
+        max_epochs=10_000,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(model, dm)
+    return {
+        "rate": timer.rate or float("nan"),
+        "host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "device_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", nargs="+", default=["lin"], choices=["lin", "tune", "scratch"])
+    p.add_argument("--backbone", nargs="+", default=["alex"], choices=["alex", "vgg", "squeeze"])
+    p.add_argument("--batch", nargs="+", type=int, default=[50])
+    p.add_argument("--steps", type=int, default=30, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, allocator)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16-mixed", "16-mixed"])
+    p.add_argument(
+        "--compile",
+        nargs="+",
+        default=["off"],
+        choices=["off", "on"],
+        help="torch.compile the training step (CUDA graphs on a GPU)",
+    )
+    p.add_argument("--feature-cache", nargs="+", default=["off"], choices=["off", "on"], help="lin only")
+    p.add_argument("--on-device", default="auto", choices=["auto", "true", "false"])
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument(
+        "--matrix",
+        action="store_true",
+        help="GPU matrix: lin/tune x alex/vgg x batch 50/512, bf16-mixed, eager and compiled",
+    )
+    args = p.parse_args(argv)
+    if args.matrix:
+        args.variant, args.backbone, args.batch = ["lin", "tune"], ["alex", "vgg"], [50, 512]
+        args.precision, args.compile, args.device = ["bf16-mixed"], ["off", "on"], "cuda"
+        args.steps, args.warmup = max(args.steps, 40), max(args.warmup, 15)
+    combos = list(
+        itertools.product(args.variant, args.backbone, args.batch, args.precision, args.compile, args.feature_cache)
+    )
+    combos = [c for c in combos if c[5] == "off" or c[0] == "lin"]
+    n = max(b for b in args.batch) * (args.steps + args.warmup + 2)
+    on_device = {"auto": "auto", "true": True, "false": False}[args.on_device]
+    print(
+        f"# {time.strftime('%Y-%m-%d')} device={args.device} "
+        f"{torch.cuda.get_device_name() if args.device == 'cuda' else os.cpu_count()} "
+        f"torch={torch.__version__} pl={pl.__version__}",
+        flush=True,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_random_judgments(Path(tmp) / "bench.h5", n)
+        for variant, backbone, batch, precision, comp, cache in combos:
+            r = run_one(
+                data,
+                variant,
+                backbone,
+                batch,
+                args.steps,
+                args.warmup,
+                args.device,
+                precision,
+                comp == "on",
+                cache == "on",
+                on_device,
+                args.num_workers,
+            )
+            label = (
+                f"{variant}-{backbone} batch={batch} precision={precision} compile={comp} "
+                f"feature_cache={cache} device={args.device}"
+            )
+            print(
+                f"{label} host_peak_gb={r['host_gb']:.2f} device_peak_gb={r['device_gb']:.2f} "
+                f"triplets/s={r['rate']:.0f}",
+                flush=True,
+            )
+            rows.append((variant, backbone, batch, precision, comp, cache, r["rate"]))
+    if len(rows) > 1:
+        print("\n| variant | backbone | batch | precision | compile | feature_cache | triplets/s |")
+        print("|---|---|---|---|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(map(str, row[:-1])) + f" | {row[-1]:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

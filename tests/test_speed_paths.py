@@ -1,0 +1,86 @@
+"""The fast paths give the same results as the plain one: feature cache, on-device data, compile."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from lpips_lightning.datamodules import JudgmentsDataModule
+from lpips_lightning.errors import ConfigError
+from lpips_lightning.module import LPIPSModule
+
+
+def _setup(path, module, **kw):
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, num_sanity_val_steps=0, **kw)
+    dm = JudgmentsDataModule(str(path), batch_size=5)
+    trainer.strategy.connect(module)
+    trainer._data_connector.attach_datamodule(module, datamodule=dm)
+    dm.trainer = trainer
+    dm.setup("fit")
+    module.trainer = trainer
+    return trainer, dm
+
+
+def test_feature_cache_gives_the_same_distances_and_gradients(bapps_h5):
+    torch.manual_seed(0)
+    model = LPIPSModule(variant="lin", pretrained=False, dropout=False, feature_cache=True)
+    with torch.no_grad():
+        for h in model.lpips.heads:
+            h.weight.uniform_(0, 1)
+    trainer, dm = _setup(bapps_h5, model)
+    model._cache = model._build_cache(chunk=5)  # chunks smaller than the data: stitched in order
+    dataset = dm.datasets["train"][0]
+    assert dataset.index_only and "ref" not in dataset.__getitems__([0, 1])
+    index = torch.tensor([3, 0, 7, 11])
+    batch = dataset.read_images(index)
+    batch["judge"] = dataset.targets[index]
+    heads = [h.weight for h in model.lpips.heads]
+
+    model.train()
+    cd0, cd1 = model.cached_distances(index)
+    grads_cache = torch.autograd.grad(model.rank_head(cd0, cd1, batch["judge"]), heads)
+    fd0, fd1 = model.triplet_distances(batch)
+    grads_full = torch.autograd.grad(model.rank_head(fd0, fd1, batch["judge"]), heads)
+    torch.testing.assert_close(cd0, fd0, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(cd1, fd1, rtol=1e-5, atol=1e-8)
+    for a, b in zip(grads_cache, grads_full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+
+
+def test_feature_cache_trains_through_lightning(bapps_h5, tmp_path):
+    model = LPIPSModule(variant="lin", pretrained=False, feature_cache=True)
+    before = [h.weight.clone() for h in model.lpips.heads]
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
+    assert model._cache is not None and model._cache[0].shape == (12, sum(model.lpips.net.channels))
+    assert any(not torch.equal(a, h.weight) for a, h in zip(before, model.lpips.heads))
+    assert all((h.weight >= 0).all() for h in model.lpips.heads)
+    assert "val/2afc/cnn" in model.scores["val"]
+
+
+def test_feature_cache_needs_lin():
+    with pytest.raises(ConfigError, match="feature_cache needs a frozen backbone"):
+        LPIPSModule(variant="tune", pretrained=False, feature_cache=True)
+
+
+def test_on_device_store_gives_the_same_training_as_the_loader(bapps_h5, tmp_path):
+    weights = {}
+    for on_device in (False, True):
+        torch.manual_seed(0)
+        model = LPIPSModule(variant="tune", pretrained=False, dropout=False)
+        dm = JudgmentsDataModule(str(bapps_h5), batch_size=4, on_device=on_device)
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+        trainer.fit(model, dm)
+        assert dm.datasets["train"][0].index_only == on_device
+        weights[on_device] = model.state_dict()
+    for key, value in weights[False].items():
+        torch.testing.assert_close(weights[True][key], value, msg=key)
+
+
+def test_unknown_compile_mode():
+    with pytest.raises(ConfigError, match="unknown compile 'fast'"):
+        LPIPSModule(variant="lin", pretrained=False, compile="fast")
