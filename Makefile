@@ -22,7 +22,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
 demo: install
-	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/lpips-lightning fit --config configs/demo.yaml
+	$(BIN)/lpips-lightning fit --config configs/demo.yaml
 
 test: install-dev
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q

@@ -36,7 +36,9 @@ def main() -> int:
             for i in range(0, args.n, args.batch):
                 ds.__getitems__(order[i : i + args.batch].tolist())
             rate = args.n / (time.perf_counter() - t)
-            print(f"{'in memory' if in_memory else 'lazy     '}: {rate:,.0f} triplets/s (random batches of {args.batch})")
+            print(
+                f"{'in memory' if in_memory else 'lazy     '}: {rate:,.0f} triplets/s (random batches of {args.batch})"
+            )
     return 0
 
 

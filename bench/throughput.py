@@ -50,10 +50,15 @@ def write_random_judgments(path: Path, n: int, size: int = 64, seed: int = 0) ->
 
 
 class Timer(pl.Callback):
-    """Times steps warmup..warmup+steps (synchronising the device), then stops the run."""
+    """Times training batches warmup..warmup+steps (synchronising the device), then stops the run.
+
+    A "step" is one optimizer step of `batch` triplets; with the feature cache one training
+    batch holds many of them, so batches are converted by the triplets they carry.
+    """
 
     def __init__(self, warmup: int, steps: int, batch: int) -> None:
         self.warmup, self.steps, self.batch = warmup, steps, batch
+        self.seen = 0
         self.start = self.rate = None
 
     def _sync(self, pl_module) -> None:
@@ -61,14 +66,30 @@ class Timer(pl.Callback):
             torch.cuda.synchronize()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step == self.warmup:
+        self.seen += len(batch["judge"])
+        if self.start is None and self.seen >= self.warmup * self.batch:
             self._sync(pl_module)
-            self.start = time.perf_counter()
-        elif step == self.warmup + self.steps:
+            self.start, self.counted = time.perf_counter(), self.seen
+        elif self.start is not None and self.seen - self.counted >= self.steps * self.batch and self.rate is None:
             self._sync(pl_module)
-            self.rate = self.steps * self.batch / (time.perf_counter() - self.start)
+            self.rate = (self.seen - self.counted) / (time.perf_counter() - self.start)
             trainer.should_stop = True
+
+
+def quiet_trainer(device: str, precision: str, **kw) -> pl.Trainer:
+    """One device, no validation, logging, checkpoints or progress bar: only training is timed."""
+    return pl.Trainer(
+        accelerator=device,
+        devices=1,
+        precision=precision,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
 
 
 def run_one(
@@ -105,26 +126,42 @@ def run_one(
         on_device=on_device,
     )
     timer = Timer(warmup, steps, batch)
-    trainer = pl.Trainer(
-        accelerator=device,
-        devices=1,
-        precision=precision,
-        max_steps=warmup + steps + 1,
-        max_epochs=10_000,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
+    trainer = quiet_trainer(device, precision, max_epochs=10_000, callbacks=[timer])  # the timer stops it
     trainer.fit(model, dm)
     return {
         "rate": timer.rate or float("nan"),
         "host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "device_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0,
     }
+
+
+def lin_recipe(n: int, device: str, precision: str, epochs: int = 10, batch: int = 50) -> None:
+    """Wall time of the paper's whole lin recipe with the feature cache (feature pass included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_random_judgments(Path(tmp) / "recipe.h5", n)
+        model = LPIPSModule(
+            variant="lin",
+            backbone="alex",
+            pretrained=False,
+            feature_cache=True,
+            epochs_constant=epochs // 2,
+            epochs_decay=epochs - epochs // 2,
+        )
+        dm = JudgmentsDataModule(str(data), val=["2afc/val/*"], batch_size=batch, in_memory=True)
+        trainer = quiet_trainer(device, precision, max_epochs=epochs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        trainer.fit(model, dm)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    print(
+        f"lin-alex recipe feature_cache=on n={n} epochs={epochs} batch={batch} precision={precision} "
+        f"device={device}: {seconds:.1f} s for {n * epochs:,} triplet-steps (feature pass included), "
+        f"triplets/s={n * epochs / seconds:.0f}",
+        flush=True,
+    )
 
 
 def main(argv=None) -> int:
@@ -140,27 +177,41 @@ def main(argv=None) -> int:
         "--compile",
         nargs="+",
         default=["off"],
-        choices=["off", "on"],
-        help="torch.compile the training step (CUDA graphs on a GPU)",
+        choices=["off", "default", "reduce-overhead", "max-autotune"],
+        help="torch.compile the training step (reduce-overhead: CUDA graphs)",
     )
     p.add_argument("--feature-cache", nargs="+", default=["off"], choices=["off", "on"], help="lin only")
     p.add_argument("--on-device", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument(
+        "--lin-recipe",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time the whole 10-epoch lin recipe on N random triplets with the feature cache",
+    )
+    p.add_argument(
         "--matrix",
         action="store_true",
-        help="GPU matrix: lin/tune x alex/vgg x batch 50/512, bf16-mixed, eager and compiled",
+        help="GPU matrix: lin/tune x alex/vgg x batch 50/512, bf16-mixed, eager; batch 50 also as CUDA graphs",
     )
     args = p.parse_args(argv)
     if args.matrix:
         args.variant, args.backbone, args.batch = ["lin", "tune"], ["alex", "vgg"], [50, 512]
-        args.precision, args.compile, args.device = ["bf16-mixed"], ["off", "on"], "cuda"
+        args.precision, args.compile, args.device = ["bf16-mixed"], ["off", "reduce-overhead"], "cuda"
         args.steps, args.warmup = max(args.steps, 40), max(args.warmup, 15)
+    if args.lin_recipe:
+        lin_recipe(args.lin_recipe, args.device, args.precision[0])
+        return 0
     combos = list(
         itertools.product(args.variant, args.backbone, args.batch, args.precision, args.compile, args.feature_cache)
     )
     combos = [c for c in combos if c[5] == "off" or c[0] == "lin"]
+    if args.matrix:  # CUDA graphs pay at small batches, where an eager step is launch-bound
+        combos = [c for c in combos if c[4] == "off" or c[2] == 50]
     n = max(b for b in args.batch) * (args.steps + args.warmup + 2)
+    if "on" in args.feature_cache:  # whole cached chunks of 64 minibatches
+        n = max(n, max(args.batch) * 64 * 2)
     on_device = {"auto": "auto", "true": True, "false": False}[args.on_device]
     print(
         f"# {time.strftime('%Y-%m-%d')} device={args.device} "
@@ -181,7 +232,7 @@ def main(argv=None) -> int:
                 args.warmup,
                 args.device,
                 precision,
-                comp == "on",
+                False if comp == "off" else comp,
                 cache == "on",
                 on_device,
                 args.num_workers,

@@ -83,3 +83,22 @@ def bapps_h5(tmp_path) -> Path:
 
     make_bapps(tmp_path / "bapps", n=12)
     return pack(tmp_path / "bapps", tmp_path / "bapps.h5", size=32, workers=1, progress=False)
+
+
+def cpu_trainer(root=None, **overrides):
+    """A quiet one-process CPU Trainer: no logger, checkpoints, progress bar or sanity check."""
+    import pytorch_lightning as pl
+
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    if root is not None:
+        options["default_root_dir"] = root
+    return pl.Trainer(**{**options, **overrides})

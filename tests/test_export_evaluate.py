@@ -8,8 +8,8 @@ import h5py
 import lpips as lpips_pkg
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import cpu_trainer
 from test_metrics import numpy_2afc, numpy_voc_ap
 
 from lpips_lightning import load
@@ -33,9 +33,7 @@ def checkpoints(tmp_path_factory, imagenet_cache):
     out = {}
     for variant, backbone in (("lin", "alex"), ("tune", "squeeze")):
         model = LPIPSModule(variant=variant, backbone=backbone)
-        trainer = pl.Trainer(
-            fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
-        )
+        trainer = cpu_trainer(fast_dev_run=2)
         trainer.fit(model, JudgmentsDataModule(str(data), batch_size=4))
         with torch.no_grad():  # make the heads clearly non-trivial
             for h in model.lpips.heads:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import cpu_trainer
 
 from lpips_lightning.datamodules import JudgmentsDataModule
 from lpips_lightning.errors import ConfigError, TrainingError
@@ -12,18 +13,7 @@ from lpips_lightning.module import LPIPSModule
 
 
 def _trainer(tmp_path, **kw):
-    kw.setdefault("max_epochs", 1)
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kw,
-    )
+    return cpu_trainer(tmp_path, **kw)
 
 
 def _dm(path, **kw):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import cpu_trainer
 
 from lpips_lightning.datamodules import JudgmentsDataModule
 from lpips_lightning.errors import ConfigError
@@ -12,8 +12,7 @@ from lpips_lightning.module import LPIPSModule
 
 
 def _setup(path, module, **kw):
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, num_sanity_val_steps=0, **kw)
+    trainer = cpu_trainer(**kw)
     dm = JudgmentsDataModule(str(path), batch_size=5)
     trainer.strategy.connect(module)
     trainer._data_connector.attach_datamodule(module, datamodule=dm)
@@ -52,8 +51,7 @@ def test_feature_cache_gives_the_same_distances_and_gradients(bapps_h5):
 def test_feature_cache_trains_through_lightning(bapps_h5, tmp_path):
     model = LPIPSModule(variant="lin", pretrained=False, feature_cache=True)
     before = [h.weight.clone() for h in model.lpips.heads]
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer = cpu_trainer(tmp_path, max_epochs=2)
     trainer.fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
     assert model._cache is not None and model._cache[0].shape == (12, sum(model.lpips.net.channels))
     assert any(not torch.equal(a, h.weight) for a, h in zip(before, model.lpips.heads))
@@ -72,8 +70,7 @@ def test_on_device_store_gives_the_same_training_as_the_loader(bapps_h5, tmp_pat
         torch.manual_seed(0)
         model = LPIPSModule(variant="tune", pretrained=False, dropout=False)
         dm = JudgmentsDataModule(str(bapps_h5), batch_size=4, on_device=on_device)
-        trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
-                             enable_checkpointing=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+        trainer = cpu_trainer(tmp_path, max_epochs=2)
         trainer.fit(model, dm)
         assert dm.datasets["train"][0].index_only == on_device
         weights[on_device] = model.state_dict()
@@ -84,3 +81,51 @@ def test_on_device_store_gives_the_same_training_as_the_loader(bapps_h5, tmp_pat
 def test_unknown_compile_mode():
     with pytest.raises(ConfigError, match="unknown compile 'fast'"):
         LPIPSModule(variant="lin", pretrained=False, compile="fast")
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager(bapps_h5, tmp_path):
+    states = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = LPIPSModule(variant="tune", pretrained=False, dropout=False, compile=compile)
+        trainer = cpu_trainer(tmp_path)
+        trainer.fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
+        states[compile] = model.state_dict()
+    for key, value in states[False].items():
+        torch.testing.assert_close(states[True][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_bf16_run_matches_fp32_on_the_demo(tmp_path, monkeypatch):
+    """Mixed precision must not change results: validation 2AFC within 0.5 points of fp32."""
+    from pathlib import Path
+
+    from lpips_lightning.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    config = Path(__file__).resolve().parents[1] / "configs/demo.yaml"
+    scores = {}
+    for precision in ("32", "bf16-mixed"):
+        args = [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.precision",
+            precision,
+            "--trainer.max_epochs",
+            "2",
+            "--runs_dir",
+            str(tmp_path),
+            "--run_name",
+            precision,
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+        assert main(args) == 0
+        import csv
+
+        with open(tmp_path / precision / "metrics.csv") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("val/2afc/mean")]
+        scores[precision] = float(rows[-1]["val/2afc/mean"])
+    assert abs(scores["32"] - scores["bf16-mixed"]) <= 0.005, scores

@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from torch import nn
 
 from . import judgments
 from .errors import ConfigError, TrainingError, check_choice
 from .heads import make_head
-from .lpips import LPIPS, normalize_tensor, to_unit_range
+from .lpips import LPIPS, dropout_half, normalize_tensor, to_unit_range
 from .metrics import JNDAveragePrecision, TwoAFCScore
 
 VARIANTS = ("lin", "tune", "scratch")
+CACHE_STEPS_PER_CALL = 64
 
 
 def lr_factor(epoch: int, epochs_constant: int, epochs_decay: int) -> float:
@@ -65,7 +65,7 @@ class LPIPSModule(LightningModule):
             it is small matrix products: the same distances and gradients as the full path.
             Regularisation differs: dropout (when on) drops channel means of each pair instead
             of each pixel's difference. Validation always runs the full path.
-        channels_last: on a GPU, run the backbone in channels-last memory format (faster convolutions).
+        channels_last: run the backbone in channels-last memory format (faster convolutions on GPU and CPU).
         compile: ``torch.compile`` the training computation: ``false``, ``true`` (default mode),
             ``reduce-overhead`` (CUDA graphs: small batches stop being launch-bound) or ``max-autotune``.
     """
@@ -122,11 +122,17 @@ class LPIPSModule(LightningModule):
         self.feature_cache = feature_cache
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._compiled = None
+        self.automatic_optimization = not feature_cache
 
     @property
     def needs_train_images(self) -> bool:
         """Whether training batches must carry images (not with the feature cache: indices suffice)."""
         return not self.feature_cache
+
+    @property
+    def train_batch_multiple(self) -> int:
+        """Minibatches per training batch: the feature cache takes many per `training_step` call."""
+        return CACHE_STEPS_PER_CALL if self.feature_cache else 1
 
     # --- set-up ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -139,7 +145,7 @@ class LPIPSModule(LightningModule):
             )
 
     def on_fit_start(self) -> None:
-        if self.device.type == "cuda" and self.hparams.channels_last:
+        if self.hparams.channels_last:
             self.lpips.net.to(memory_format=torch.channels_last)
         if self.hparams.compile and not self.feature_cache:
             mode = None if self.hparams.compile in (True, "default") else self.hparams.compile
@@ -157,26 +163,25 @@ class LPIPSModule(LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, c, d))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    def optimizer_step(self, *args, **kwargs) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:  # automatic optimisation only
         super().optimizer_step(*args, **kwargs)
         self.lpips.clamp_heads()
 
     # --- the computation ------------------------------------------------------------------
-    def triplet_distances(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """d(ref, p0) and d(ref, p1), each image through the backbone once."""
+    def triplet_features(self, batch: dict[str, torch.Tensor]) -> tuple[list, list, list]:
+        """Tap features of ref, p0 and p1: one backbone pass over the three (no autograd in lin)."""
         n = batch["ref"].shape[0]
         x = to_unit_range(torch.cat([batch["ref"], batch["p0"], batch["p1"]]))
-        if x.device.type == "cuda" and self.hparams.channels_last:
+        if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.variant == "lin":
-            with torch.no_grad():
-                feats = self.lpips.features(x)
-        else:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.variant != "lin"):
             feats = self.lpips.features(x)
-        ref = [f[:n] for f in feats]
-        d0 = self.lpips.distance(ref, [f[n : 2 * n] for f in feats])
-        d1 = self.lpips.distance(ref, [f[2 * n :] for f in feats])
-        return d0, d1
+        return [f[:n] for f in feats], [f[n : 2 * n] for f in feats], [f[2 * n :] for f in feats]
+
+    def triplet_distances(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """d(ref, p0) and d(ref, p1), each image through the backbone once."""
+        ref, p0, p1 = self.triplet_features(batch)
+        return self.lpips.distance(ref, p0), self.lpips.distance(ref, p1)
 
     def _train_loss(self, ref, p0, p1, judge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         d0, d1 = self.triplet_distances({"ref": ref, "p0": p0, "p1": p1})
@@ -198,27 +203,21 @@ class LPIPSModule(LightningModule):
         assert self._cache is not None
         v0, v1 = self._cache[0][index], self._cache[1][index]
         if self.lpips.dropout and self.training:
-            v0, v1 = F.dropout(v0, 0.5, True), F.dropout(v1, 0.5, True)
+            v0, v1 = dropout_half(v0), dropout_half(v1)
         w = self.head_vector()
         return v0 @ w, v1 @ w
 
     @torch.no_grad()
-    def _build_cache(self, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    def _build_cache(self, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass of the frozen backbone over the training set: (N, C) vectors for (ref, p0) and (ref, p1)."""
         dataset = self.trainer.datamodule.datasets["train"][0]
         v0, v1 = [], []
         with self.trainer.precision_plugin.forward_context():
             for start in range(0, len(dataset), chunk):
                 images = dataset.read_images(range(start, min(start + chunk, len(dataset))))
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in images.items()}
-                n = batch["ref"].shape[0]
-                x = to_unit_range(torch.cat([batch["ref"], batch["p0"], batch["p1"]]))
-                if x.device.type == "cuda" and self.hparams.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                feats = self.lpips.features(x)
-                ref = [f[:n] for f in feats]
-                v0.append(self.pair_vectors(ref, [f[n : 2 * n] for f in feats]).float())
-                v1.append(self.pair_vectors(ref, [f[2 * n :] for f in feats]).float())
+                ref, p0, p1 = self.triplet_features({k: v.to(self.device) for k, v in images.items()})
+                v0.append(self.pair_vectors(ref, p0).float())
+                v1.append(self.pair_vectors(ref, p1).float())
         return torch.cat(v0), torch.cat(v1)
 
     def pair_distance(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -233,10 +232,9 @@ class LPIPSModule(LightningModule):
             # Each epoch's dropout depends on (seed, epoch) only (and its order, see the data
             # module's sampler), so a resumed run ends with the same weights as an uninterrupted one.
             torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + self.current_epoch)
-        if self._cache is not None:
-            d0, d1 = self.cached_distances(batch["index"])
-            loss = self.rank_head(d0, d1, batch["judge"])
-        elif self._compiled is not None:
+        if self.feature_cache:
+            return self._cached_steps(batch)
+        if self._compiled is not None:
             loss, d0, d1 = (t.clone() for t in self._compiled(batch["ref"], batch["p0"], batch["p1"], batch["judge"]))
         else:
             loss, d0, d1 = self._train_loss(batch["ref"], batch["p0"], batch["p1"], batch["judge"])
@@ -245,6 +243,37 @@ class LPIPSModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(d0))
         self.log("train/2afc", self.train_2afc, on_step=False, on_epoch=True, batch_size=len(d0))
         return loss
+
+    def _cached_steps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`CACHE_STEPS_PER_CALL` optimizer steps of `batch_size` triplets each, on cached vectors.
+
+        Lightning's per-step overhead (milliseconds) would dominate steps this small, so one
+        call of `training_step` runs many minibatches (manual optimisation); the epoch still
+        visits every triplet once, in minibatches of the configured size, in a random order.
+        """
+        if self._cache is None:
+            self._cache = self._build_cache()
+        optimizer = self.optimizers()
+        size = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else len(batch["index"])
+        losses = []
+        for index, judge in zip(batch["index"].split(size), batch["judge"].split(size)):
+            d0, d1 = self.cached_distances(index)
+            loss = self.rank_head(d0, d1, judge)
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            self.lpips.clamp_heads()
+            self._watch_loss(loss)
+            self.train_2afc.update(d0.detach(), d1.detach(), judge)
+            losses.append(loss.detach())
+        loss = torch.stack(losses).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
+        self.log("train/2afc", self.train_2afc, on_step=False, on_epoch=True, batch_size=len(batch["index"]))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization:  # the feature cache steps its own optimizer and schedule
+            self.lr_schedulers().step()
 
     def _watch_loss(self, loss: torch.Tensor) -> None:
         """Stop on a NaN/inf loss, naming its step; on a GPU checked every 50 steps (no host sync)."""

@@ -275,7 +275,9 @@ class JudgmentsDataModule(pl.LightningDataModule):
                 f"{self.batch_size} per process on {world} processes"
             )
 
-    def _loader(self, dataset: JudgmentsDataset, shuffle: bool, distributed_eval: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: JudgmentsDataset, shuffle: bool, distributed_eval: bool = False, multiple: int = 1
+    ) -> DataLoader:
         sampler: torch.utils.data.Sampler | None = None
         if shuffle:
             sampler = EpochShuffleSampler(len(dataset), int(os.environ.get("PL_GLOBAL_SEED", 0)))
@@ -283,7 +285,7 @@ class JudgmentsDataModule(pl.LightningDataModule):
             sampler = UnpaddedDistributedSampler(dataset)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size * multiple,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_keep_batch,
@@ -294,7 +296,9 @@ class JudgmentsDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if "train" not in self.datasets:
             raise ConfigError(f"{self.file}: no training groups selected (data.train)")
-        return self._loader(self.datasets["train"][0], shuffle=True)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        multiple = getattr(module, "train_batch_multiple", 1)  # the feature cache takes many minibatches at once
+        return self._loader(self.datasets["train"][0], shuffle=True, multiple=multiple)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(d, False, True) for d in self.datasets.get("val", [])]
