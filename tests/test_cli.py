@@ -209,3 +209,40 @@ def test_demo_reaches_its_score(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     best = max(float(r["val/2afc/mean"]) for r in _metrics(tmp_path / "runs/demo") if r.get("val/2afc/mean"))
     assert best >= 0.75, best
+
+
+def test_distance_command(imagenet_cache, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from lpips_lightning import LPIPS
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (2, 40, 56, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    assert main(["distance", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--backbone", "squeeze"]) == 0
+    printed = float(capsys.readouterr().out.strip())
+    x0, x1 = (torch.from_numpy(v).permute(2, 0, 1)[None] for v in (a, b))
+    expected = LPIPS("squeeze").eval()(x0, x1).item()
+    assert printed == pytest.approx(expected, rel=1e-5)
+
+    Image.fromarray(a[:32]).save(tmp_path / "small.png")
+    err = _error(capsys, ["distance", str(tmp_path / "a.png"), str(tmp_path / "small.png")])
+    assert "pass --resize N" in err
+    assert main(["distance", str(tmp_path / "a.png"), str(tmp_path / "small.png"), "--resize", "32"]) == 0
+    assert float(capsys.readouterr().out) > 0
+    assert "nope.png: no such image file" in _error(
+        capsys, ["distance", str(tmp_path / "nope.png"), str(tmp_path / "a.png")]
+    )
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert "bad.png: image does not decode" in _error(
+        capsys, ["distance", str(tmp_path / "bad.png"), str(tmp_path / "a.png")]
+    )
+
+
+def test_top_level_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "distance", "pack", "demo-data", "export", "evaluate"):
+        assert f"  {command}" in out

@@ -117,7 +117,7 @@ def test_bad_export_inputs_one_line_nothing_written(checkpoints, tmp_path, capsy
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.ckpt")
     cases = [
         (["export", str(tmp_path / "other.ckpt"), str(tmp_path / "o.pth")], "other.ckpt: not a checkpoint of lpips"),
-        (["export", str(tmp_path / "nope.ckpt"), str(tmp_path / "o.pth")], "nope.ckpt: no such file"),
+        (["export", str(tmp_path / "nope.ckpt"), str(tmp_path / "o.pth")], "nope.ckpt: no such checkpoint file"),
         (["export", str(ckpt), str(tmp_path / "o.bin")], "cannot tell the format from the extension"),
     ]
     (tmp_path / "exists.pth").write_text("keep")

@@ -81,15 +81,20 @@ def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a state dict from a file: on the CPU, tensors only (``weights_only=True``)."""
+def load_torch_file(path: str | os.PathLike, what: str, error: type[Exception] = WeightsError) -> object:
+    """`torch.load` on the CPU, ``weights_only=True``; raise `error` naming the file if missing or unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
+        raise error(f"{path}: no such {what} file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise WeightsError(f"{path}: not a PyTorch weights file ({type(err).__name__}: {err})") from None
+        raise error(f"{path}: not a {what} file ({type(err).__name__})") from None
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict from a file: on the CPU, tensors only (``weights_only=True``)."""
+    state = load_torch_file(path, "weights")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbones import BACKBONES
+from .backbones import BACKBONES, load_torch_file
 from .errors import ConfigError, LPIPSLightningError, WeightsError
 from .lpips import LPIPS
 
@@ -39,13 +39,7 @@ class ExportError(LPIPSLightningError):
 # --- reading ----------------------------------------------------------------------------------
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(hyperparameters, LPIPS state dict, extra info) from a Lightning checkpoint of `LPIPSModule`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ExportError(f"{path}: not a checkpoint of lpips-lightning ({type(err).__name__})") from None
+    ckpt = load_torch_file(path, "checkpoint", ExportError)
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or not isinstance(state, dict) or "variant" not in hp or "backbone" not in hp:
@@ -124,10 +118,7 @@ def load(path: str | os.PathLike, backbone: str | None = None, version: str = "0
         return OnnxMetric(path).eval()
     if suffix == ".pt" and _is_torchscript(path):
         return torch.jit.load(str(path), map_location="cpu").eval()
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ExportError(f"{path}: not a checkpoint or weights file ({type(err).__name__})") from None
+    obj = load_torch_file(path, "checkpoint or weights", ExportError)
     if isinstance(obj, dict) and "state_dict" in obj and "hyper_parameters" in obj:
         return model_from_checkpoint(path)[0]
     if isinstance(obj, dict) and any(str(k).startswith("lin0.") for k in obj):
@@ -176,7 +167,7 @@ def load_into_torchmetrics(metric: nn.Module, path: str | os.PathLike) -> nn.Mod
     ``net.slices.{k-1}`` instead of ``net.slice{k}``) and loads with ``strict=False``; here every
     key of the file must land, and only its own aliases may stay unset. Returns `metric`.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path, "lpips weights")
     own = metric.net.state_dict()
     renamed = {}
     for key, value in state.items():
