@@ -80,7 +80,7 @@ class FitSummary(Callback):
         if best is not None and best.best_model_score is not None:
             lines.append(f"best {best.monitor}: {float(best.best_model_score):.4f}")
         if scores:
-            lines.append(f"last validation (epoch {trainer.current_epoch}):")
+            lines.append(f"last validation (after epoch {trainer.current_epoch - 1}):")
             lines += [f"  {k:<28} {v:.4f}" for k, v in scores.items()]
         if best is not None and best.best_model_path:
             lines.append(f"best checkpoint: {best.best_model_path}")

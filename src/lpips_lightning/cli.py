@@ -196,10 +196,16 @@ def run_training(argv: Sequence[str], run: bool = True):
     from .datamodules import JudgmentsDataModule
     from .module import LPIPSModule
 
+    import warnings
+
+    # the run folder is made before the CSV log and checkpoints land in it: expected, not a problem
+    warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    from_command_line = list(argv) == sys.argv[1:]
     return _cli_class()(
         LPIPSModule,
         JudgmentsDataModule,
-        args=list(argv),
+        args=None if from_command_line else list(argv),
         run=run,
         save_config_callback=SaveConfig,
         save_config_kwargs={"overwrite": True},
