@@ -117,7 +117,7 @@ def _latest_run(runs_dir: Path) -> str | None:
 
 @functools.cache
 def _cli_class():
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
     from pytorch_lightning.cli import LightningCLI
 
     from .callbacks import FitSummary, SubsetChart
@@ -166,7 +166,14 @@ def _cli_class():
             extra: dict = {}
             if config.trainer.get("logger") in (None, True):
                 extra["logger"] = make_loggers(self.run_dir, config.run_name, config.wandb_project)
+            trainer_config = {**self._get(self.config_init, "trainer", default={}), **extra, **kwargs}
+            given = trainer_config.get("callbacks") or []
+            given = given if isinstance(given, list) else [given]
             callbacks = [SubsetChart(self.run_dir), FitSummary(self.run_dir)]
+            if config.trainer.get("enable_progress_bar") is not False and not any(
+                isinstance(c, ProgressBar) for c in given
+            ):  # reading the loss for the bar syncs the GPU: every 10 steps, not every step
+                callbacks.append(TQDMProgressBar(refresh_rate=10))
             if self.subcommand == "fit" and config.trainer.get("enable_checkpointing", True) is not False:
                 # the best by val/2afc/mean, and last.ckpt after every epoch (Lightning's own
                 # save_last only follows a new best), which `--ckpt_path last` resumes from
@@ -181,9 +188,7 @@ def _cli_class():
                 callbacks += [best, last]
             if extra.get("logger") and self.subcommand == "fit":
                 callbacks.append(LearningRateMonitor("epoch"))
-            trainer_config = {**self._get(self.config_init, "trainer", default={}), **extra, **kwargs}
-            given = trainer_config.get("callbacks") or []
-            trainer_config["callbacks"] = [*(given if isinstance(given, list) else [given]), *callbacks]
+            trainer_config["callbacks"] = [*given, *callbacks]
             extra_callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
             return self._instantiate_trainer(trainer_config, extra_callbacks)
 
@@ -192,11 +197,11 @@ def _cli_class():
 
 def run_training(argv: Sequence[str], run: bool = True):
     """Run LightningCLI (fit/validate/test) on `argv`; return the CLI object."""
+    import warnings
+
     from .callbacks import SaveConfig
     from .datamodules import JudgmentsDataModule
     from .module import LPIPSModule
-
-    import warnings
 
     # the run folder is made before the CSV log and checkpoints land in it: expected, not a problem
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")

@@ -14,6 +14,7 @@ import argparse
 import csv
 import math
 import os
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing import Pool
@@ -210,6 +211,27 @@ def _decode(task: tuple[tuple[str, ...], float | str, int]) -> tuple[np.ndarray,
     return images, value
 
 
+def _decode_many(tasks: list) -> list[tuple[np.ndarray, float]]:
+    return [_decode(t) for t in tasks]
+
+
+def _decoded(pool, tasks: list, chunk: int = 16, ahead: int = 64):
+    """Decoded items in order, with at most `ahead` chunks in flight: memory stays a few blocks.
+
+    (`Pool.imap` has no back-pressure: its workers would run ahead of a slow writer.)
+    """
+    if pool is None:
+        yield from map(_decode, tasks)
+        return
+    pending: deque = deque()
+    for start in range(0, len(tasks), chunk):
+        pending.append(pool.apply_async(_decode_many, (tasks[start : start + chunk],)))
+        if len(pending) >= ahead:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
+
+
 def pack(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -242,7 +264,7 @@ def pack(
                     plan.group, n, (size, size), plan.source, votes=plan.votes is not None, names=plan.names is not None
                 )
                 tasks = [(imgs, t, size) for imgs, t in zip(plan.images, plan.targets)]
-                results = pool.imap(_decode, tasks, chunksize=16) if pool else map(_decode, tasks)
+                results = _decoded(pool, tasks)
                 keys = judgments.image_keys(judgments.kind_of(plan.group))
                 for start in range(0, n, BLOCK):
                     block = [next(results) for _ in range(min(BLOCK, n - start))]
