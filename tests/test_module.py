@@ -97,3 +97,26 @@ def test_lr_schedule_matches_the_original(bapps_h5, tmp_path):
         model, _dm(bapps_h5)
     )
     assert seen == pytest.approx([1e-4, 1e-4, 1e-4, 0.5e-4])
+
+
+def test_loss_falls_on_a_tiny_learnable_set(tmp_path):
+    """Heads over a random backbone learn the demo's simulated judgments: the epoch loss falls."""
+    from lpips_lightning.datamodules.demo import build_demo
+
+    data = build_demo(tmp_path / "tiny.h5", seed=1, n_train=300, n_val=50, n_jnd=20)
+    torch.manual_seed(0)
+    model = LPIPSModule(variant="lin", pretrained=False, lr=1e-2, dropout=False)
+    losses, batch_losses = [], []
+
+    class EpochLoss(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            batch_losses.append(float(outputs["loss"]))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            losses.append(sum(batch_losses) / len(batch_losses))
+            batch_losses.clear()
+
+    dm = JudgmentsDataModule(str(data), val=["2afc/val/*"], batch_size=25)
+    _trainer(tmp_path, max_epochs=6, limit_val_batches=0, callbacks=[EpochLoss()]).fit(model, dm)
+    assert len(losses) == 6
+    assert losses[-1] < losses[0] - 0.02, losses

@@ -144,9 +144,12 @@ class LPIPSModule(LightningModule):
                 TwoAFCScore() if judgments.kind_of(g) == "2afc" else JNDAveragePrecision() for g in groups
             )
 
-    def on_fit_start(self) -> None:
+    def configure_model(self) -> None:
+        # before the strategy moves and wraps the model (DDP's buckets follow the layout)
         if self.hparams.channels_last:
             self.lpips.net.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
         if self.hparams.compile and not self.feature_cache:
             mode = None if self.hparams.compile in (True, "default") else self.hparams.compile
             self._compiled = torch.compile(self._train_loss, mode=mode)
