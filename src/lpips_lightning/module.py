@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from pytorch_lightning import LightningModule
 from torch import nn
 
 from . import judgments
+from .datamodules.judgments_datamodule import epoch_seed
 from .errors import ConfigError, TrainingError, check_choice
 from .heads import make_head
 from .lpips import LPIPS, dropout_half, normalize_tensor, to_unit_range
@@ -234,7 +233,7 @@ class LPIPSModule(LightningModule):
         if batch_idx == 0:
             # Each epoch's dropout depends on (seed, epoch) only (and its order, see the data
             # module's sampler), so a resumed run ends with the same weights as an uninterrupted one.
-            torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + self.current_epoch)
+            torch.manual_seed(epoch_seed(self.current_epoch))
         if self.feature_cache:
             return self._cached_steps(batch)
         if self._compiled is not None:
@@ -243,9 +242,12 @@ class LPIPSModule(LightningModule):
             loss, d0, d1 = self._train_loss(batch["ref"], batch["p0"], batch["p1"], batch["judge"])
         self._watch_loss(loss)
         self.train_2afc.update(d0, d1, batch["judge"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(d0))
-        self.log("train/2afc", self.train_2afc, on_step=False, on_epoch=True, batch_size=len(d0))
+        self._log_train(loss, len(d0))
         return loss
+
+    def _log_train(self, loss: torch.Tensor, batch_size: int) -> None:
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/2afc", self.train_2afc, on_step=False, on_epoch=True, batch_size=batch_size)
 
     def _cached_steps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """`CACHE_STEPS_PER_CALL` optimizer steps of `batch_size` triplets each, on cached vectors.
@@ -254,8 +256,6 @@ class LPIPSModule(LightningModule):
         call of `training_step` runs many minibatches (manual optimisation); the epoch still
         visits every triplet once, in minibatches of the configured size, in a random order.
         """
-        if self._cache is None:
-            self._cache = self._build_cache()
         optimizer = self.optimizers()
         size = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else len(batch["index"])
         losses = []
@@ -270,8 +270,7 @@ class LPIPSModule(LightningModule):
             self.train_2afc.update(d0.detach(), d1.detach(), judge)
             losses.append(loss.detach())
         loss = torch.stack(losses).mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
-        self.log("train/2afc", self.train_2afc, on_step=False, on_epoch=True, batch_size=len(batch["index"]))
+        self._log_train(loss, len(batch["index"]))
         return loss
 
     def on_train_epoch_end(self) -> None:

@@ -120,14 +120,19 @@ def _keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
+def epoch_seed(epoch: int) -> int:
+    """The seed of one epoch's shuffling and dropout: depends only on the run's seed and `epoch`."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + epoch
+
+
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """A random order that depends only on (seed, epoch): a resumed run sees the same batches.
 
     Lightning calls `set_epoch` before every epoch, also when it resumes from a checkpoint.
     """
 
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int) -> None:
+        self.n, self.epoch = n, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -136,7 +141,7 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(epoch_seed(self.epoch))
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
@@ -252,10 +257,8 @@ class JudgmentsDataModule(pl.LightningDataModule):
         if self.datasets:  # safe to call twice
             return
         self._resolve()
-        self._device_store: dict[str, torch.Tensor] | None = None
         if self.train_groups:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            needs_images = getattr(module, "needs_train_images", True)
+            needs_images = getattr(self._trained_module, "needs_train_images", True)
             on_device = needs_images and self._store_on_device(self.train_groups)
             train = JudgmentsDataset(self.file, self.train_groups, on_device or self._in_memory(self.train_groups))
             if on_device:  # the loader yields indices only; images are gathered on the device
@@ -280,7 +283,7 @@ class JudgmentsDataModule(pl.LightningDataModule):
     ) -> DataLoader:
         sampler: torch.utils.data.Sampler | None = None
         if shuffle:
-            sampler = EpochShuffleSampler(len(dataset), int(os.environ.get("PL_GLOBAL_SEED", 0)))
+            sampler = EpochShuffleSampler(len(dataset))
         elif distributed_eval and torch.distributed.is_available() and torch.distributed.is_initialized():
             sampler = UnpaddedDistributedSampler(dataset)
         return DataLoader(
@@ -296,8 +299,9 @@ class JudgmentsDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if "train" not in self.datasets:
             raise ConfigError(f"{self.file}: no training groups selected (data.train)")
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        multiple = getattr(module, "train_batch_multiple", 1)  # the feature cache takes many minibatches at once
+        multiple = getattr(
+            self._trained_module, "train_batch_multiple", 1
+        )  # the feature cache takes many minibatches at once
         return self._loader(self.datasets["train"][0], shuffle=True, multiple=multiple)
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -311,6 +315,11 @@ class JudgmentsDataModule(pl.LightningDataModule):
     def groups(self, stage: str) -> list[str]:
         """The resolved groups of a stage (``train``, ``val``, ``test``), in loader order."""
         return {"train": self.train_groups, "val": self.val_groups, "test": self.test_groups}[stage]
+
+    @property
+    def _trained_module(self) -> pl.LightningModule | None:
+        """The module being trained; it may ask for index-only batches (see `LPIPSModule`)."""
+        return self.trainer.lightning_module if self.trainer is not None else None
 
     def _store_on_device(self, groups: list[str]) -> bool:
         if self.on_device != "auto":
