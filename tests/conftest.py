@@ -102,3 +102,41 @@ def cpu_trainer(root=None, **overrides):
     if root is not None:
         options["default_root_dir"] = root
     return pl.Trainer(**{**options, **overrides})
+
+
+# --- bad input: the real CLI refuses cleanly -----------------------------------------------------
+def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folders` (hidden ones included): path -> (size, mtime_ns)."""
+    found = {}
+    for folder in folders:
+        for p in Path(folder).rglob("*"):
+            if p.is_file():
+                st = p.stat()
+                found[str(p)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def assert_refused(argv: list[str], capfd, *watch: Path, code: int = 2) -> str:
+    """Run the CLI's `main` on `argv` and assert a clean refusal; return the error line.
+
+    Clean: exit status `code`, exactly one stderr line containing ``error:`` (argparse may add
+    its usage line before it), no traceback on either stream, and no file created, changed or
+    removed under the `watch` folders (temporary files included).
+    """
+    from lpips_lightning.cli import main
+
+    before = snapshot(*watch)
+    capfd.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as done:  # argparse's own usage errors
+        status = done.code
+    out, err = capfd.readouterr()
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in out + err, f"traceback for {argv}:\n{out}\n{err}"
+    assert status == code, f"exit status {status} for {argv}:\n{out}\n{err}"
+    assert len(errors) == 1, f"expected one error line for {argv}, got:\n{err}"
+    noise = [line for line in err.splitlines() if line.strip() and "error:" not in line and not line.startswith(("usage:", " "))]
+    assert not noise, f"more than the error line on stderr for {argv}:\n{err}"
+    assert snapshot(*watch) == before, f"files changed by a refused {argv}"
+    return errors[0]

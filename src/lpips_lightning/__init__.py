@@ -1,7 +1,10 @@
-"""lpips-lightning: train learned perceptual image-similarity metrics (LPIPS) with PyTorch Lightning."""
+"""lpips-lightning: train learned perceptual image-similarity metrics (LPIPS) with PyTorch Lightning.
+
+Importing the package is cheap (the command line answers ``--help`` without torch);
+`LPIPS` and `load` import torch on first use.
+"""
 
 from .errors import LPIPSLightningError
-from .lpips import LPIPS
 
 
 def load(path, backbone=None, version="0.1"):
@@ -9,6 +12,14 @@ def load(path, backbone=None, version="0.1"):
     from .export import load as _load
 
     return _load(path, backbone, version)
+
+
+def __getattr__(name: str):
+    if name == "LPIPS":
+        from .lpips import LPIPS
+
+        return LPIPS
+    raise AttributeError(f"module 'lpips_lightning' has no attribute {name!r}")
 
 
 __all__ = ["LPIPS", "LPIPSLightningError", "load"]

@@ -7,7 +7,6 @@ small argparse commands. Every user-facing error is printed as one line (exit st
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -28,46 +27,12 @@ training (LightningCLI; `lpips-lightning fit --help` for every option):
 
 tools (`lpips-lightning COMMAND --help`):
   distance     LPIPS distance between two image files
+  download     download BAPPS (resumable, checked)
   pack         BAPPS folders or a CSV of judgments -> one judgments.h5
   demo-data    build the bundled demo judgments file
   export       checkpoint -> lpips .pth / safetensors / TorchScript / ONNX
   evaluate     2AFC / JND table of any model on a judgments file
 """
-
-
-def _distance(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="lpips-lightning distance", description="LPIPS distance between two images.")
-    p.add_argument("img0")
-    p.add_argument("img1")
-    p.add_argument("--backbone", default="alex", help="alex, vgg or squeeze (default alex)")
-    p.add_argument("--version", default="0.1")
-    p.add_argument("--heads", default="official", help="official, none, or an lpips-format .pth")
-    p.add_argument("--model", default=None, help="a checkpoint or export to use instead (see `export`)")
-    p.add_argument("--backbone-weights", default=None, help="torchvision state dict file of the backbone")
-    p.add_argument("--resize", type=int, default=None, help="resize both images to N x N first")
-    args = p.parse_args(argv)
-
-    import torch
-
-    from .lpips import LPIPS
-    from .pack import load_image
-
-    images = [torch.from_numpy(load_image(f, args.resize)).permute(2, 0, 1)[None] for f in (args.img0, args.img1)]
-    if images[0].shape != images[1].shape:
-        raise LPIPSLightningError(
-            f"{args.img0} is {tuple(images[0].shape[-2:])} and {args.img1} is {tuple(images[1].shape[-2:])} "
-            "(H, W): pass --resize N to compare them at N x N"
-        )
-    if args.model:
-        from .export import load
-
-        model = load(args.model)
-    else:
-        heads = None if args.heads.lower() == "none" else args.heads
-        model = LPIPS(args.backbone, args.version, heads=heads, backbone_weights=args.backbone_weights).eval()
-    with torch.no_grad():
-        print(f"{model(*images).item():.6f}")
-    return 0
 
 
 # --- training: LightningCLI ---------------------------------------------------------------------
@@ -230,7 +195,8 @@ def _tool(module: str, name: str = "main") -> Callable[[Sequence[str]], int]:
 
 
 TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
-    "distance": _distance,
+    "distance": _tool("distance"),
+    "download": _tool("download"),
     "pack": _tool("pack"),
     "demo-data": _tool("datamodules.demo"),
     "export": _tool("export"),

@@ -1,0 +1,117 @@
+"""Files a command writes: a temporary name beside the target, renamed when complete.
+
+The one place that knows how outputs are written, so that every command (pack, export,
+evaluate, download) refuses the same bad targets in the same words and never leaves a
+half-written file under the real name:
+
+- the target is a folder, its folder is missing or not writable, or it exists without
+  ``--overwrite``;
+- the target is one of the command's own inputs (``pack j.csv j.csv --overwrite``);
+- temporary files ``.NAME.tmp-PID`` left by a process that no longer runs (SIGKILL, power
+  loss) are removed, with a line saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import LPIPSLightningError
+
+
+class OutputError(LPIPSLightningError):
+    """An output file that cannot or must not be written."""
+
+
+def temp_name(path: Path, pid: int | None = None) -> Path:
+    """The temporary name a process writes `path` under: ``.NAME.tmp-PID`` in the same folder."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid() if pid is None else pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path, quiet: bool = False) -> list[Path]:
+    """Remove ``.NAME.tmp-PID*`` files of `path` whose process is gone; return what was removed."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.tmp-(\d+)")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for entry in path.parent.iterdir():
+        m = pattern.match(entry.name)
+        if m and entry.is_file() and not _pid_alive(int(m.group(1))):
+            try:
+                entry.unlink()
+            except OSError:
+                continue
+            removed.append(entry)
+            if not quiet:
+                print(f"removed {entry}, left by an interrupted run (process {m.group(1)})", file=sys.stderr)
+    return removed
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(
+    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (), what: str = "output"
+) -> Path:
+    """Refuse a target that cannot or must not be written (see the module docstring); return it as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name for the {what}")
+    for source in inputs:
+        if _same_file(path, Path(source)) or Path(os.path.abspath(path)) == Path(os.path.abspath(source)):
+            raise OutputError(f"{path} is also an input of this command; write the {what} to another name")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} already exists; pass --overwrite to replace it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: folder {folder} is not writable")
+    return path
+
+
+@contextmanager
+def atomic_output(
+    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (), what: str = "output"
+) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` when the block completes.
+
+    On any exception (Ctrl-C and SIGTERM included) the temporary file is removed and `path`
+    is left as it was. An `OSError` while writing (disk full, permission) becomes one
+    `OutputError` line naming the file.
+    """
+    path = check_output(path, overwrite, inputs, what)
+    remove_stale_temps(path)
+    tmp = temp_name(path)
+    try:
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as err:
+            raise OutputError(f"{path}: cannot write the {what} ({err.strerror or type(err).__name__})") from None
+    finally:
+        for leftover in path.parent.glob(f"{tmp.name}*"):
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
