@@ -181,3 +181,43 @@ def test_features_once_equals_forward():
     x0, x1 = torch.rand(2, 3, 3, 64, 64) * 2 - 1
     f0, f1 = m.features(x0), m.features(x1)
     torch.testing.assert_close(m.distance(f0, f1), m(x0, x1), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("net", list(BACKBONES))
+def test_min_size_is_the_smallest_input_that_runs_through_every_tap(net):
+    m = BACKBONES[net].min_size
+    backbone = Backbone(net, pretrained=False).eval()
+    with torch.no_grad():
+        assert len(backbone(torch.zeros(1, 3, m, m))) == len(BACKBONES[net].taps)
+        for shape in ((m - 1, m + 40), (m + 40, m - 1)):  # each side on its own
+            with pytest.raises(RuntimeError):
+                backbone(torch.zeros(1, 3, *shape))
+
+
+@pytest.mark.parametrize("net", list(BACKBONES))
+def test_check_size_names_the_minimum(net):
+    m = BACKBONES[net].min_size
+    metric = LPIPS(net, pretrained=False, heads="random").eval()
+    assert metric.min_size == m
+    metric.check_size(m, m)
+    message = f"images of {m - 1}x{m + 9} pixels are smaller than the {m}x{m} minimum of backbone {net}"
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        metric.check_size(m - 1, m + 9)
+    with pytest.raises(ConfigError, match=f"^2afc/val/cnn: {message}$"):
+        metric.check_size(m - 1, m + 9, where="2afc/val/cnn")
+    tiny = torch.zeros(2, 3, 1, 1)
+    for call in (lambda: metric(tiny, tiny), lambda: metric.features(tiny), lambda: metric(tiny.byte(), tiny.byte())):
+        with pytest.raises(ConfigError, match="images of 1x1 pixels are smaller than"):
+            call()
+    edge = torch.rand(2, 3, m, m) * 2 - 1
+    with torch.no_grad():
+        assert torch.isfinite(metric(edge, -edge)).all()
+
+
+def test_forward_refuses_batches_that_are_not_rgb_images():
+    metric = LPIPS("alex", pretrained=False, heads="random").eval()
+    with pytest.raises(ConfigError, match=r"same shape, got \(1, 3, 64, 64\) and \(1, 3, 64, 32\)"):
+        metric(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 32))
+    for shape in ((3, 64, 64), (1, 1, 64, 64)):
+        with pytest.raises(ConfigError, match=r"\(N, 3, H, W\) batches of RGB images"):
+            metric(torch.zeros(shape), torch.zeros(shape))

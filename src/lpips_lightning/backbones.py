@@ -9,6 +9,11 @@ package's ``net.slice{k+1}.{j}.weight``.
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import struct
+import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +35,9 @@ class BackboneSpec:
     weights: WeightsEnum
     taps: tuple[tuple[int, int], ...]
     channels: tuple[int, ...]
+    # the smallest height and width that runs through every tap (found by trying each size:
+    # below it a pooling layer gets an empty input; ONNX exports then return 0 without an error)
+    min_size: int
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -38,18 +46,21 @@ BACKBONES: dict[str, BackboneSpec] = {
         torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
         ((0, 2), (2, 5), (5, 8), (8, 10), (10, 12)),
         (64, 192, 384, 256, 256),
+        31,
     ),
     "vgg": BackboneSpec(
         torchvision.models.vgg16,
         torchvision.models.VGG16_Weights.IMAGENET1K_V1,
         ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30)),
         (64, 128, 256, 512, 512),
+        16,
     ),
     "squeeze": BackboneSpec(
         torchvision.models.squeezenet1_1,
         torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1,
         ((0, 2), (2, 5), (5, 8), (8, 10), (10, 11), (11, 12), (12, 13)),
         (64, 128, 256, 384, 384, 512, 512),
+        17,
     ),
 }
 
@@ -82,14 +93,81 @@ def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 
 def load_torch_file(path: str | os.PathLike, what: str, error: type[Exception] = WeightsError) -> object:
-    """`torch.load` on the CPU, ``weights_only=True``; raise `error` naming the file if missing or unreadable."""
+    """`torch.load` on the CPU, ``weights_only=True``; raise `error` naming the file and what it is not.
+
+    Refused in one line each: a missing file, a folder, an empty, truncated or damaged file, a
+    TorchScript archive, a safetensors file, a zip that torch did not write, and a file holding
+    pickled Python objects (anything but tensors and plain values: it could run code when loaded).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: no such {what} file")
+    check_readable(path, what, error)
+    kind = sniff(path)
+    if kind == "torchscript":
+        raise error(f"{path}: a TorchScript export, not a {what} file (load it with lpips_lightning.load)")
+    if kind == "safetensors":
+        raise error(f"{path}: a safetensors file, not a {what} file (load it with lpips_lightning.load)")
+    if kind == "damaged zip":
+        raise error(f"{path}: truncated or damaged (its zip archive has no directory), not a readable {what} file")
+    if kind == "zip":
+        raise error(f"{path}: a zip archive that torch did not write, not a {what} file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if "Weights only load failed" in str(err) and found:
+            raise error(
+                f"{path}: refused: holds pickled Python objects ({found.group(1)}), not a plain {what} file "
+                "of tensors and plain values (loading such objects can run code)"
+            ) from None
+        raise error(f"{path}: not a {what} file (unreadable pickle data)") from None
+    except (EOFError, RuntimeError):
+        raise error(f"{path}: truncated or damaged, not a readable {what} file") from None
     except Exception as err:
         raise error(f"{path}: not a {what} file ({type(err).__name__})") from None
+
+
+def check_readable(path: str | os.PathLike, what: str, error: type[Exception] = WeightsError) -> None:
+    """Raise `error` naming `path` when it is missing, a folder, unreadable or empty."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{path} is a folder, not a {what} file")
+    if not path.is_file():
+        raise error(f"{path}: no such {what} file")
+    if not os.access(path, os.R_OK):
+        raise error(f"{path}: {what} file is not readable (permission denied)")
+    if path.stat().st_size == 0:
+        raise error(f"{path}: empty file, not a {what} file")
+
+
+def sniff(path: str | os.PathLike) -> str:
+    """What a file holds, from its first bytes and zip directory.
+
+    ``torchscript``, ``torch zip`` (`torch.save`), ``zip`` (another zip archive), ``damaged zip``
+    (truncated: no directory), ``safetensors`` or ``other`` (e.g. a legacy torch pickle).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return "damaged zip"
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "damaged zip"
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return "torch zip"
+        return "zip"
+    if len(head) >= 9:
+        (length,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and 0 < length <= path.stat().st_size - 8:
+            return "safetensors"
+    return "other"
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -145,6 +223,7 @@ class Backbone(nn.Module):
         entry = spec(name)
         self.name = name
         self.channels = entry.channels
+        self.min_size = entry.min_size
         features = entry.constructor(weights=None).features
         if weights is not None:
             state = load_state_dict_file(weights)

@@ -66,6 +66,24 @@ def to_unit_range(x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     return x
 
 
+def check_image_size(height: int, width: int, min_size: int, backbone: str, where: str = "") -> None:
+    """Raise `ConfigError` when ``height x width`` images are smaller than `backbone`'s `min_size`."""
+    if height < min_size or width < min_size:
+        raise ConfigError(
+            f"{where + ': ' if where else ''}images of {height}x{width} pixels are smaller than the "
+            f"{min_size}x{min_size} minimum of backbone {backbone}"
+        )
+
+
+def check_image_pair(shape0: tuple[int, ...], shape1: tuple[int, ...], min_size: int, backbone: str) -> None:
+    """Raise `ConfigError` unless two image batches are (N, 3, H, W) alike and large enough for `backbone`."""
+    if tuple(shape0) != tuple(shape1):
+        raise ConfigError(f"images to compare must have the same shape, got {tuple(shape0)} and {tuple(shape1)}")
+    if len(shape0) != 4 or shape0[1] != 3:
+        raise ConfigError(f"images must be (N, 3, H, W) batches of RGB images, got shape {tuple(shape0)}")
+    check_image_size(shape0[2], shape0[3], min_size, backbone)
+
+
 def _drop_lpips_aliases(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Drop what a whole `lpips.LPIPS().state_dict()` repeats: ``lins.{i}`` aliases and the scaling buffers."""
     out = {}
@@ -171,8 +189,26 @@ class LPIPS(nn.Module):
             self.net.load_state_dict(own, strict=True)
 
     # --- the computation --------------------------------------------------------------------
+    @property
+    def min_size(self) -> int:
+        """The smallest image height and width the backbone runs on (see `BackboneSpec.min_size`)."""
+        return self.net.min_size
+
+    def check_size(self, height: int, width: int, where: str = "") -> None:
+        """Raise `ConfigError` naming the minimum when ``height x width`` images are too small for the backbone.
+
+        `where` (a file, a group) starts the message when given.
+        """
+        check_image_size(height, width, self.min_size, self.backbone_name, where)
+
     def features(self, x: torch.Tensor, normalize: bool = False) -> list[torch.Tensor]:
         """The backbone's tap tensors for images `x` ([-1, 1] floats, [0, 1] with `normalize`, or uint8)."""
+        if x.dim() >= 2:
+            self.check_size(x.shape[-2], x.shape[-1])
+        return self.unchecked_features(x, normalize)
+
+    def unchecked_features(self, x: torch.Tensor, normalize: bool = False) -> list[torch.Tensor]:
+        """`features` without the size check: a pure tensor function, for tracing and export."""
         x = to_unit_range(x, normalize)
         if self.version == "0.1":
             x = (x - self.shift) / self.scale
@@ -203,11 +239,8 @@ class LPIPS(nn.Module):
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Distance between `x0` and `x1`, (N, 3, H, W) each: (N,), or (N, 1, H, W) when spatial."""
-        if x0.shape != x1.shape:
-            raise ConfigError(
-                f"images to compare must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}"
-            )
-        f = self.features(torch.cat([x0, x1]), normalize)
+        check_image_pair(x0.shape, x1.shape, self.min_size, self.backbone_name)
+        f = self.unchecked_features(torch.cat([x0, x1]), normalize)
         n = x0.shape[0]
         return self.distance([t[:n] for t in f], [t[n:] for t in f], tuple(x0.shape[-2:]))
 
