@@ -63,11 +63,13 @@ def remove_stale_temps(path: Path, quiet: bool = False) -> list[Path]:
     return removed
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, following links; None when there is none."""
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def check_output(
@@ -77,8 +79,9 @@ def check_output(
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give a file name for the {what}")
+    target, absolute = _identity(path), os.path.abspath(path)  # once: `inputs` may be 100,000s of files
     for source in inputs:
-        if _same_file(path, Path(source)) or Path(os.path.abspath(path)) == Path(os.path.abspath(source)):
+        if os.path.abspath(source) == absolute or (target is not None and _identity(source) == target):
             raise OutputError(f"{path} is also an input of this command; write the {what} to another name")
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; pass --overwrite to replace it")
