@@ -1,7 +1,8 @@
 """``lpips-lightning distance A B``: the LPIPS distance between two image files.
 
 ``--model`` takes any checkpoint or export (see `lpips_lightning.export.load`); without it,
-the official v0.1 heads over an ImageNet backbone.
+the official v0.1 heads over an ImageNet backbone. Every model gets the images as uint8, so
+every format of the same metric prints the same number.
 """
 
 from __future__ import annotations
@@ -9,7 +10,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .errors import LPIPSLightningError
+from .errors import ConfigError, LPIPSLightningError
+
+
+def _pixels(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {value}")
+    return value
 
 
 def main(argv: Sequence[str]) -> int:
@@ -18,19 +29,38 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("img0")
     p.add_argument("img1")
     p.add_argument("--backbone", default="alex", help="alex, vgg or squeeze (default alex)")
-    p.add_argument("--version", default="0.1")
+    p.add_argument("--version", default="0.1", help="0.1 (default) or 0.0 (needs --heads FILE or none)")
     p.add_argument("--heads", default="official", help="official, none, or an lpips-format .pth")
     p.add_argument("--model", default=None, help="a checkpoint or export to use instead (see `export`)")
     p.add_argument("--backbone-weights", default=None, help="torchvision state dict file of the backbone")
-    p.add_argument("--resize", type=int, default=None, help="resize both images to N x N first")
+    p.add_argument("--resize", type=_pixels, default=None, help="resize both images to N x N first")
     args = p.parse_args(argv)
+
+    from .errors import check_choice
+    from .lpips import VERSIONS
+
+    heads = None if args.heads.lower() == "none" else args.heads
+    if not args.model:  # options first: no image is read for a command that cannot run
+        from .backbones import BACKBONES
+
+        check_choice("backbone", args.backbone, list(BACKBONES))
+        check_choice("version", args.version, VERSIONS)
+        if heads == "official" and args.version != "0.1":
+            raise ConfigError(
+                f"--version {args.version} has no official heads (only 0.1's are released); "
+                "pass --heads FILE.pth or --heads none"
+            )
 
     import torch
 
-    from .lpips import LPIPS
     from .pack import load_image
 
-    images = [torch.from_numpy(load_image(f, args.resize)).permute(2, 0, 1)[None] for f in (args.img0, args.img1)]
+    images = []
+    for f in (args.img0, args.img1):
+        array = load_image(f, args.resize)
+        if not array.flags.writeable:  # torch warns on read-only arrays
+            array = array.copy()
+        images.append(torch.from_numpy(array).permute(2, 0, 1)[None])
     if images[0].shape != images[1].shape:
         raise LPIPSLightningError(
             f"{args.img0} is {tuple(images[0].shape[-2:])} and {args.img1} is {tuple(images[1].shape[-2:])} "
@@ -41,8 +71,14 @@ def main(argv: Sequence[str]) -> int:
 
         model = load(args.model)
     else:
-        heads = None if args.heads.lower() == "none" else args.heads
+        from .lpips import LPIPS
+
         model = LPIPS(args.backbone, args.version, heads=heads, backbone_weights=args.backbone_weights).eval()
+    height, width = images[0].shape[-2:]
+    try:
+        model.check_size(height, width, where=f"{args.img0}, {args.img1}")
+    except ConfigError as err:
+        raise ConfigError(f"{err}; pass --resize N with N >= {model.min_size}") from None
     with torch.no_grad():
         print(f"{model(*images).item():.6f}")
     return 0

@@ -7,29 +7,47 @@
   other weights) also the backbone as ``net.slice{k}.{j}.*``, to load with ``pnet_rand=True``.
 - ``safetensors``: the metric's weights plus metadata (backbone, version, variant, scores,
   config) from which `load` rebuilds it.
-- ``torchscript`` (``.pt``, traced) and ``onnx``: the whole metric, ``(x0, x1) -> distance``,
-  images (N, 3, H, W) in [-1, 1], one distance per pair.
+- ``torchscript`` (``.pt``): the whole metric, ``m(x0, x1, normalize=False) -> distance``, taking
+  what `LPIPS.forward` takes: images (N, 3, H, W) as uint8 in [0, 255], floats in [-1, 1], or
+  floats in [0, 1] with ``normalize=True``. A traced tensor core behind a small scripted front
+  that converts the input, so that ``torch.jit.load`` alone gets the same numbers. Its metadata
+  (backbone, version, minimum image size) travels as the extra file ``lpips-lightning.json``.
+- ``onnx``: the tensor core, ``(x0, x1) -> distance``, float32 images in [-1, 1]; the metadata
+  in the model's ``metadata_props``. `load` wraps it (`OnnxMetric`) to take the same inputs as
+  the others.
+
+Every model `load` returns takes the same inputs and gives the same distances (to ~1e-5), and
+refuses images smaller than its backbone's minimum in one line.
+
+This module imports torch only inside its functions: ``lpips-lightning export --help``
+answers before torch is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from .backbones import BACKBONES, load_torch_file
 from .errors import ConfigError, LPIPSLightningError, WeightsError
-from .lpips import LPIPS
+from .outputs import atomic_output, check_output
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .lpips import LPIPS
 
 FORMATS = {".pth": "lpips", ".safetensors": "safetensors", ".pt": "torchscript", ".onnx": "onnx"}
 METRIC_FORMAT = "lpips-lightning/metric"
 METRIC_FORMAT_VERSION = "1"
+TORCHSCRIPT_METADATA = "lpips-lightning.json"  # extra file inside a TorchScript export
+INPUTS = "images (N, 3, H, W): uint8 in [0, 255], floats in [-1, 1], or floats in [0, 1] with normalize=True"
 
 
 class ExportError(LPIPSLightningError):
@@ -38,7 +56,15 @@ class ExportError(LPIPSLightningError):
 
 # --- reading ----------------------------------------------------------------------------------
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """(hyperparameters, LPIPS state dict, extra info) from a Lightning checkpoint of `LPIPSModule`."""
+    """(hyperparameters, LPIPS state dict, extra info) from a Lightning checkpoint of `LPIPSModule`.
+
+    Raises `ExportError` in one line naming the file for anything else: a missing, empty,
+    truncated or damaged file, a folder, a safetensors or TorchScript file, a file holding
+    pickled Python objects (refused, never unpickled), or a checkpoint of another model.
+    Cheap enough to check a ``--ckpt_path`` before Lightning loads it.
+    """
+    from .backbones import load_torch_file
+
     ckpt = load_torch_file(path, "checkpoint", ExportError)
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
@@ -46,6 +72,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tens
         raise ExportError(f"{path}: not a checkpoint of lpips-lightning (no LPIPSModule hyperparameters)")
     weights = {k[len("lpips.") :]: v for k, v in state.items() if k.startswith("lpips.")}
     weights = {k.replace("_orig_mod.", ""): v for k, v in weights.items()}  # left by torch.compile
+    if not weights:
+        raise ExportError(f"{path}: a checkpoint of lpips-lightning without the metric's weights (no 'lpips.*' keys)")
     scores = {}
     for cb_state in (ckpt.get("callbacks") or {}).values():
         if isinstance(cb_state, dict) and cb_state.get("best_model_score") is not None:
@@ -55,6 +83,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tens
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[LPIPS, dict, dict]:
     """The trained metric of a checkpoint, in eval mode (no ImageNet weights needed)."""
+    from .lpips import LPIPS
+
     hp, weights, info = read_checkpoint(path)
     model = LPIPS(hp["backbone"], hp.get("version", "0.1"), pretrained=False, heads="random")
     _load_exact(model, weights, str(path))
@@ -70,94 +100,139 @@ def _load_exact(model: LPIPS, weights: dict[str, torch.Tensor], source: str) -> 
 
 def infer_backbone(state: dict[str, torch.Tensor], source: str = "weights") -> str:
     """The backbone an lpips-format state dict belongs to, from its heads' channel counts."""
+    from .backbones import BACKBONES
+
     channels = []
     i = 0
     while f"lin{i}.model.1.weight" in state:
         channels.append(int(state[f"lin{i}.model.1.weight"].shape[1]))
         i += 1
-    for name, entry in BACKBONES.items():
-        if tuple(channels) == entry.channels:
-            return name
-    raise WeightsError(
-        f"{source}: heads with channels {channels or 'none'} fit no backbone "
-        f"({', '.join(f'{n}: {list(e.channels)}' for n, e in BACKBONES.items())})"
-    )
+    name = _backbone_of_channels(channels)
+    if name is None:
+        raise WeightsError(
+            f"{source}: heads with channels {channels or 'none'} fit no backbone "
+            f"({', '.join(f'{n}: {list(e.channels)}' for n, e in BACKBONES.items())})"
+        )
+    return name
 
 
-class OnnxMetric(nn.Module):
-    """An exported ONNX metric run by onnxruntime, behind the same ``forward(x0, x1)``."""
+def _backbone_of_channels(channels: Sequence[int]) -> str | None:
+    from .backbones import BACKBONES
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        super().__init__()
-        ort = _require("onnxruntime", "onnx")
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return next((name for name, entry in BACKBONES.items() if tuple(channels) == entry.channels), None)
 
-    def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-        from .lpips import to_unit_range
 
-        a, b = (to_unit_range(x).detach().float().cpu().numpy() for x in (x0, x1))
-        (out,) = self.session.run(None, {"x0": a, "x1": b})
-        return torch.from_numpy(out).to(x0.device)
+def _metric_facts(meta: dict[str, str], source: str) -> dict[str, Any]:
+    """Backbone, version and minimum image size from an export's metadata, checked."""
+    from .backbones import BACKBONES
+
+    if meta.get("format") != METRIC_FORMAT:
+        raise ExportError(f"{source}: not an lpips-lightning metric (metadata format != {METRIC_FORMAT})")
+    if meta.get("format_version") != METRIC_FORMAT_VERSION:
+        raise ExportError(
+            f"{source}: metric format version {meta.get('format_version')}, expected {METRIC_FORMAT_VERSION}"
+        )
+    backbone = meta.get("backbone")
+    if backbone not in BACKBONES:
+        raise ExportError(f"{source}: metadata names backbone {backbone!r}, not one of {', '.join(BACKBONES)}")
+    return {"backbone": backbone, "version": meta.get("version", "0.1"), "min_size": BACKBONES[backbone].min_size}
 
 
 def load(path: str | os.PathLike, backbone: str | None = None, version: str = "0.1") -> nn.Module:
-    """Any trained metric as an `nn.Module` in eval mode with ``forward(x0, x1) -> (N,)``.
+    """Any trained metric as an `nn.Module` in eval mode with ``forward(x0, x1, normalize=False) -> (N,)``.
 
     `path`: a Lightning checkpoint (``.ckpt``), a safetensors export, an lpips-format ``.pth``
     (backbone inferred from its keys unless given; with ImageNet weights unless the file holds
-    the backbone), a TorchScript ``.pt`` or an ONNX file. Tensors are loaded with
-    ``weights_only=True``.
+    the backbone), a TorchScript ``.pt`` or an ONNX file. Each takes what `LPIPS.forward` takes
+    (uint8, [-1, 1] floats, or [0, 1] floats with ``normalize=True``) and gives the same
+    distances; each has ``backbone_name``, ``min_size`` and ``check_size(height, width, where)``.
+    Tensors are loaded with ``weights_only=True``; anything else is refused in one line.
     """
+    from .backbones import check_readable, load_torch_file, sniff
+
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
+    check_readable(path, "model", ExportError)
+    if path.suffix.lower() == ".onnx":
+        return _parts().OnnxMetric(path).eval()
+    kind = sniff(path)
+    if kind == "safetensors" or path.suffix.lower() == ".safetensors":
         return _load_safetensors(path)
-    if suffix == ".onnx":
-        return OnnxMetric(path).eval()
-    if suffix == ".pt" and _is_torchscript(path):
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    obj = load_torch_file(path, "checkpoint or weights", ExportError)
+    if kind == "torchscript":
+        return _load_torchscript(path)
+    obj = load_torch_file(path, "model", ExportError)
     if isinstance(obj, dict) and "state_dict" in obj and "hyper_parameters" in obj:
         return model_from_checkpoint(path)[0]
     if isinstance(obj, dict) and any(str(k).startswith("lin0.") for k in obj):
+        from .lpips import LPIPS
+
         name = backbone or infer_backbone(obj, str(path))
         has_net = any(k.startswith("net.") for k in obj)
         model = LPIPS(name, version, pretrained=not has_net, heads="random")
         model.load_lpips_state(obj, str(path))
         return model.eval()
-    raise ExportError(f"{path}: not a checkpoint of lpips-lightning, an export, or an lpips-format .pth")
+    held = f"a dict with keys {_few_keys(obj)}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+    raise ExportError(f"{path}: not a checkpoint of lpips-lightning, an export, or lpips-format weights (holds {held})")
 
 
-def _is_torchscript(path: Path) -> bool:
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+def _few_keys(d: dict, n: int = 4) -> str:
+    keys = [str(k) for k in d][:n]
+    return (", ".join(keys) or "none") + (" ..." if len(d) > n else "")
 
 
 def _load_safetensors(path: Path) -> LPIPS:
     from safetensors import safe_open
+
+    from .lpips import LPIPS
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:
-        raise ExportError(f"{path}: not a readable safetensors file ({type(err).__name__})") from None
-    if meta.get("format") != METRIC_FORMAT:
-        raise ExportError(f"{path}: not an lpips-lightning metric (safetensors metadata format != {METRIC_FORMAT})")
-    if meta.get("format_version") != METRIC_FORMAT_VERSION:
         raise ExportError(
-            f"{path}: metric format version {meta.get('format_version')}, expected {METRIC_FORMAT_VERSION}"
-        )
+            f"{path}: truncated or damaged, not a readable safetensors file ({type(err).__name__})"
+        ) from None
+    facts = _metric_facts(meta, str(path))
     heads = "random" if meta.get("heads", "learned") == "learned" else None
-    model = LPIPS(meta["backbone"], meta.get("version", "0.1"), pretrained=False, heads=heads)
+    model = LPIPS(facts["backbone"], facts["version"], pretrained=False, heads=heads)
     _load_exact(model, tensors, str(path))
     return model.eval()
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    import warnings
+
+    import torch
+
+    extra = {TORCHSCRIPT_METADATA: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as err:
+        raise ExportError(
+            f"{path}: truncated or damaged, not a loadable TorchScript export ({type(err).__name__})"
+        ) from None
+    if extra[TORCHSCRIPT_METADATA]:
+        try:
+            meta = json.loads(extra[TORCHSCRIPT_METADATA])
+        except (ValueError, UnicodeDecodeError):
+            raise ExportError(f"{path}: damaged {TORCHSCRIPT_METADATA} inside the TorchScript export") from None
+        facts = _metric_facts(meta if isinstance(meta, dict) else {}, str(path))
+        converts = True
+    else:  # an export of lpips-lightning 0.1.0: the traced core alone, [-1, 1] floats only
+        state = module.state_dict()
+        channels = []
+        while f"model.heads.{len(channels)}.weight" in state:
+            channels.append(int(state[f"model.heads.{len(channels)}.weight"].shape[1]))
+        name = _backbone_of_channels(channels)
+        if name is None:
+            raise ExportError(f"{path}: a TorchScript module, but not an lpips-lightning metric export")
+        from .backbones import BACKBONES
+
+        facts = {"backbone": name, "version": "?", "min_size": BACKBONES[name].min_size}
+        converts = False
+    return _parts().TorchScriptMetric(module, facts, converts).eval()
 
 
 def load_into_torchmetrics(metric: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -167,6 +242,8 @@ def load_into_torchmetrics(metric: nn.Module, path: str | os.PathLike) -> nn.Mod
     ``net.slices.{k-1}`` instead of ``net.slice{k}``) and loads with ``strict=False``; here every
     key of the file must land, and only its own aliases may stay unset. Returns `metric`.
     """
+    from .backbones import load_torch_file
+
     state = load_torch_file(path, "lpips weights")
     own = metric.net.state_dict()
     renamed = {}
@@ -186,18 +263,145 @@ def load_into_torchmetrics(metric: nn.Module, path: str | os.PathLike) -> nn.Mod
     return metric
 
 
+# --- the modules (defined on first use: importing this module must not import torch) ----------
+@functools.cache
+def _parts():
+    """The `nn.Module` classes of this module, built once torch is needed."""
+    import types
+
+    import numpy as np
+    import torch
+    from torch import Tensor, nn
+
+    from .lpips import check_image_pair, check_image_size, to_unit_range
+
+    class Core(nn.Module):
+        """(x0, x1) in [-1, 1] -> (N,) distances: the whole metric as a pure tensor function, to trace."""
+
+        def __init__(self, model: LPIPS) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x0: Tensor, x1: Tensor) -> Tensor:
+            return self.model.distance(self.model.unchecked_features(x0), self.model.unchecked_features(x1))
+
+    class ScriptedMetric(nn.Module):
+        """The scripted front of a TorchScript export: checks and converts the input like `LPIPS.forward`."""
+
+        def __init__(self, core: nn.Module, min_size: int, backbone: str) -> None:
+            super().__init__()
+            self.core = core
+            self.min_size = min_size
+            self.backbone = backbone
+
+        def forward(self, x0: Tensor, x1: Tensor, normalize: bool = False) -> Tensor:
+            if x0.shape != x1.shape:
+                raise ValueError(f"images to compare must have the same shape, got {x0.shape} and {x1.shape}")
+            if x0.dim() != 4 or x0.shape[1] != 3:
+                raise ValueError(f"images must be (N, 3, H, W) batches of RGB images, got shape {x0.shape}")
+            h, w = x0.shape[2], x0.shape[3]
+            if h < self.min_size or w < self.min_size:
+                raise ValueError(
+                    f"images of {h}x{w} pixels are smaller than the {self.min_size}x{self.min_size} "
+                    f"minimum of backbone {self.backbone}"
+                )
+            return self.core(self.unit_range(x0, normalize), self.unit_range(x1, normalize))
+
+        def unit_range(self, x: Tensor, normalize: bool) -> Tensor:
+            if x.dtype == torch.uint8:  # the same arithmetic as lpips.to_unit_range
+                return x.float() / 127.5 - 1.0
+            if normalize:
+                return 2.0 * x - 1.0
+            return x
+
+    class LoadedMetric(nn.Module):
+        """A metric loaded from an export: the checks of `LPIPS.forward` before running it."""
+
+        def __init__(self, facts: dict[str, Any]) -> None:
+            super().__init__()
+            self.backbone_name = facts["backbone"]
+            self.version = facts["version"]
+            self.min_size = int(facts["min_size"])
+
+        def check_size(self, height: int, width: int, where: str = "") -> None:
+            """Raise `ConfigError` when ``height x width`` images are too small for the backbone."""
+            check_image_size(height, width, self.min_size, self.backbone_name, where)
+
+        def forward(self, x0: Tensor, x1: Tensor, normalize: bool = False) -> Tensor:
+            check_image_pair(x0.shape, x1.shape, self.min_size, self.backbone_name)
+            return self.run(x0, x1, normalize)
+
+    class TorchScriptMetric(LoadedMetric):
+        """A TorchScript export; `converts`: it takes uint8 / ``normalize`` itself (else it is done here)."""
+
+        def __init__(self, module: nn.Module, facts: dict[str, Any], converts: bool) -> None:
+            super().__init__(facts)
+            self.module = module
+            self.converts = converts
+
+        def run(self, x0: Tensor, x1: Tensor, normalize: bool) -> Tensor:
+            if self.converts:
+                return self.module(x0, x1, normalize)
+            return self.module(to_unit_range(x0, normalize), to_unit_range(x1, normalize))
+
+    class OnnxMetric(LoadedMetric):
+        """An exported ONNX metric run by onnxruntime, behind the same ``forward(x0, x1, normalize=False)``."""
+
+        def __init__(self, path: str | os.PathLike) -> None:
+            ort = _require("onnxruntime", "onnx")
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # errors only: no warnings on stderr
+            try:
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            except Exception as err:
+                reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+                raise ExportError(f"{path}: not a loadable ONNX model ({reason})") from None
+            names = [i.name for i in session.get_inputs()]
+            if names != ["x0", "x1"]:
+                raise ExportError(f"{path}: an ONNX model with inputs {names}, not an lpips-lightning metric (x0, x1)")
+            meta = dict(session.get_modelmeta().custom_metadata_map)
+            facts = _metric_facts(meta, str(path)) if meta.get("format") else _legacy_onnx_facts(path)
+            super().__init__(facts)
+            self.session = session
+
+        def run(self, x0: Tensor, x1: Tensor, normalize: bool) -> Tensor:
+            a, b = (np.ascontiguousarray(to_unit_range(x, normalize).detach().float().cpu().numpy()) for x in (x0, x1))
+            (out,) = self.session.run(None, {"x0": a, "x1": b})
+            return torch.from_numpy(out).to(x0.device)
+
+    return types.SimpleNamespace(
+        Core=Core,
+        ScriptedMetric=ScriptedMetric,
+        LoadedMetric=LoadedMetric,
+        TorchScriptMetric=TorchScriptMetric,
+        OnnxMetric=OnnxMetric,
+    )
+
+
+def _legacy_onnx_facts(path: Path) -> dict[str, Any]:
+    """An ONNX export of lpips-lightning 0.1.0 (no metadata): the backbone from its heads' shapes."""
+    from .backbones import BACKBONES
+
+    onnx = _require("onnx", "onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    heads = {}
+    for init in model.graph.initializer:
+        m = re.search(r"heads\.(\d+)\.weight$", init.name)
+        if m and len(init.dims) == 4:
+            heads[int(m.group(1))] = int(init.dims[1])
+    name = _backbone_of_channels([heads[i] for i in sorted(heads)])
+    if name is None:
+        raise ExportError(f"{path}: an ONNX model without lpips-lightning metadata, not an lpips-lightning metric")
+    return {"backbone": name, "version": "?", "min_size": BACKBONES[name].min_size}
+
+
+def __getattr__(name: str):
+    if name in ("OnnxMetric", "TorchScriptMetric"):
+        return getattr(_parts(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # --- writing ----------------------------------------------------------------------------------
-class _Traceable(nn.Module):
-    """(x0, x1) in [-1, 1] -> (N,) distances: the whole metric as a pure tensor function."""
-
-    def __init__(self, model: LPIPS) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-        return self.model.distance(self.model.features(x0), self.model.features(x1))
-
-
 def _require(module: str, extra: str):
     import importlib
 
@@ -211,9 +415,32 @@ def _needs_backbone(hp: dict) -> bool:
     return hp["variant"] != "lin" or hp.get("pretrained") is False or bool(hp.get("backbone_weights"))
 
 
+def _metadata(model: LPIPS, hp: dict, info: dict, ckpt: str | os.PathLike) -> dict[str, str]:
+    return {
+        "format": METRIC_FORMAT,
+        "format_version": METRIC_FORMAT_VERSION,
+        "backbone": model.backbone_name,
+        "version": model.version,
+        "variant": hp["variant"],
+        "heads": "learned",
+        "min_size": str(model.min_size),
+        "inputs": INPUTS,
+        "scores": json.dumps(info["scores"]),
+        "config": json.dumps(hp, default=str),
+        "epoch": str(info["epoch"]),
+        "source": Path(ckpt).name,
+    }
+
+
 def export(ckpt: str | os.PathLike, out: str | os.PathLike, fmt: str | None = None, overwrite: bool = False) -> str:
-    """Write checkpoint `ckpt` as `out` in format `fmt` (else from the extension); return how to load it."""
+    """Write checkpoint `ckpt` as `out` in format `fmt` (else from the extension); return how to load it.
+
+    Refused in one line before anything is read: `out` is a folder, one of the inputs, exists
+    without `overwrite`, lies in a missing or unwritable folder, or has no known format.
+    The file is written under a temporary name and renamed when complete.
+    """
     out = Path(out)
+    check_output(out, overwrite, inputs=[ckpt], what="export")
     fmt = fmt or FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise ConfigError(
@@ -222,75 +449,74 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, fmt: str | None = No
         )
     if fmt not in FORMATS.values():
         raise ConfigError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS.values())}")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise ExportError(f"{out}: folder {out.parent} does not exist")
+    if fmt == "onnx":
+        _require("onnx", "onnx")
+        _require("onnxscript", "onnx")
     model, hp, info = model_from_checkpoint(ckpt)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        if fmt == "lpips":
-            with_backbone = _needs_backbone(hp)
-            torch.save(model.lpips_state_dict(with_backbone=with_backbone), tmp)
-            how = f"lpips.LPIPS(net={model.backbone_name!r}, version={model.version!r}, model_path={str(out)!r}" + (
-                ", pnet_rand=True)  # the file holds the trained backbone" if with_backbone else ")"
-            )
-        elif fmt == "safetensors":
-            from safetensors.torch import save_file
-
-            meta = {
-                "format": METRIC_FORMAT,
-                "format_version": METRIC_FORMAT_VERSION,
-                "backbone": model.backbone_name,
-                "version": model.version,
-                "variant": hp["variant"],
-                "heads": "learned",
-                "scores": json.dumps(info["scores"]),
-                "config": json.dumps(hp, default=str),
-                "epoch": str(info["epoch"]),
-                "source": Path(ckpt).name,
-            }
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
-            how = f"lpips_lightning.load({str(out)!r})"
-        elif fmt == "torchscript":
-            example = (torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1)
-            traced = torch.jit.trace(_Traceable(model).eval(), example, check_trace=False)
-            traced.save(str(tmp))
-            how = f"torch.jit.load({str(out)!r})(x0, x1)  # images (N, 3, H, W) in [-1, 1]"
-        else:
-            _require("onnx", "onnx")
-            _require("onnxscript", "onnx")
-            _export_onnx(model, tmp)
-            how = (
-                f"onnxruntime.InferenceSession({str(out)!r}).run(None, {{'x0': x0, 'x1': x1}})"
-                "  # float32 (N, 3, H, W) in [-1, 1]"
-            )
-        os.replace(tmp, out)
-    except LPIPSLightningError:
-        raise
-    except Exception as err:
-        raise ExportError(f"{out}: {fmt} export failed ({type(err).__name__}: {err})") from None
-    finally:
-        for leftover in out.parent.glob(f".{out.name}.tmp-{os.getpid()}*"):
-            leftover.unlink()
-    return how
+    meta = _metadata(model, hp, info, ckpt)
+    with atomic_output(out, overwrite, inputs=[ckpt], what=f"{fmt} export") as tmp:
+        try:
+            return _WRITERS[fmt](model, hp, meta, tmp, out)
+        except (LPIPSLightningError, OSError):
+            raise
+        except Exception as err:
+            raise ExportError(f"{out}: {fmt} export failed ({type(err).__name__}: {err})") from None
 
 
-def _export_onnx(model: LPIPS, path: Path) -> None:
+def _write_lpips(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path) -> str:
+    import torch
+
+    with_backbone = _needs_backbone(hp)
+    torch.save(model.lpips_state_dict(with_backbone=with_backbone), tmp)
+    return f"lpips.LPIPS(net={model.backbone_name!r}, version={model.version!r}, model_path={str(out)!r}" + (
+        ", pnet_rand=True)  # the file holds the trained backbone" if with_backbone else ")"
+    )
+
+
+def _write_safetensors(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path) -> str:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
+    return f"lpips_lightning.load({str(out)!r})"
+
+
+def _example() -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(2, 3, 64, 64, generator=g) * 2 - 1, torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+
+
+def _write_torchscript(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path) -> str:
+    import warnings
+
+    import torch
+
+    parts = _parts()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+        core = torch.jit.trace(parts.Core(model).eval(), _example(), check_trace=False)
+        front = torch.jit.script(parts.ScriptedMetric(core, model.min_size, model.backbone_name).eval())
+        torch.jit.save(front, str(tmp), _extra_files={TORCHSCRIPT_METADATA: json.dumps(meta)})
+    return f"torch.jit.load({str(out)!r})(x0, x1)  # {INPUTS}"
+
+
+def _write_onnx(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path) -> str:
     import logging
     import warnings
 
     import onnx
+    import torch
 
-    example = (torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1)
     batch = torch.export.Dim("batch", min=1)
-    height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
+    height = torch.export.Dim("height", min=model.min_size, max=4096)
+    width = torch.export.Dim("width", min=model.min_size, max=4096)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            _Traceable(model).eval(),
-            example,
+            _parts().Core(model).eval(),
+            _example(),
             dynamo=True,
             input_names=["x0", "x1"],
             output_names=["distance"],
@@ -298,8 +524,24 @@ def _export_onnx(model: LPIPS, path: Path) -> None:
             external_data=False,
             verbose=False,
         )
-    program.save(str(path), external_data=False)
-    onnx.checker.check_model(str(path))
+    program.save(str(tmp), external_data=False)
+    proto = onnx.load(str(tmp))
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(tmp))
+    onnx.checker.check_model(str(tmp))
+    return (
+        f"onnxruntime.InferenceSession({str(out)!r}).run(None, {{'x0': x0, 'x1': x1}})"
+        f"  # float32 (N, 3, H, W) in [-1, 1], H and W >= {model.min_size}; lpips_lightning.load takes uint8 too"
+    )
+
+
+_WRITERS = {
+    "lpips": _write_lpips,
+    "safetensors": _write_safetensors,
+    "torchscript": _write_torchscript,
+    "onnx": _write_onnx,
+}
 
 
 def main(argv: Sequence[str]) -> int:
