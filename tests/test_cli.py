@@ -137,7 +137,7 @@ def test_fit_leaves_a_complete_run_folder_and_w_and_b_offline(bapps_h5, tmp_path
     assert "best val/2afc/mean:" in out and f"run folder: {run}" in out and "val/2afc/cnn" in out
     assert (run / "config.yaml").is_file() and (run / "last.ckpt").is_file()
     assert list(run.glob("best-epoch*.ckpt"))
-    assert (run / "val_2afc.png").stat().st_size > 1000
+    assert (run / "val_subsets.png").stat().st_size > 1000
     rows = _metrics(run)
     assert any(r.get("val/2afc/mean") for r in rows) and any(r.get("val/jnd_map/cnn") for r in rows)
     assert list((run / "wandb").glob("offline-run-*"))

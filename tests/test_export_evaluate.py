@@ -176,7 +176,7 @@ def test_evaluate_matches_numpy_references(bapps_h5, checkpoints, tmp_path, caps
     for name in ("distances.csv", "2afc_by_subset.png", "jnd_precision_recall.png", "results.csv"):
         assert (out / name).stat().st_size > 200, name
     lines = (out / "distances.csv").read_text().splitlines()
-    assert len(lines) == 1 + 4 * (12 + 12 + 12)  # 4 models x (train, val, jnd) items
+    assert len(lines) == 1 + 4 * (12 + 12)  # 4 models x (val, jnd) items: training groups are not scored
 
 
 def test_evaluate_unknown_model_is_one_line(bapps_h5, capsys):

@@ -56,3 +56,35 @@ def test_jnd_map_is_one_for_a_perfect_ranking():
     m = JNDAveragePrecision()
     m.update(torch.arange(10.0), torch.tensor([1.0] * 4 + [0.0] * 6))
     assert m.compute().item() == pytest.approx(1.0)
+
+
+def numpy_voc_ap_thresholds(d, same):
+    """Independent reference with ties: one precision/recall point per distinct distance threshold."""
+    thresholds = np.unique(d)
+    tp = np.array([same[d <= t].sum() for t in thresholds])
+    fp = np.array([(1 - same[d <= t]).sum() for t in thresholds])
+    rec, prec = tp / same.sum(), tp / (tp + fp)
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    for i in range(mpre.size - 1, 0, -1):
+        mpre[i - 1] = max(mpre[i - 1], mpre[i])
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+    return np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_jnd_map_with_ties_does_not_depend_on_item_order(seed):
+    """Tied distances (e.g. identical pairs at distance 0) are one block: any arrival order, one score."""
+    rng = np.random.default_rng(seed)
+    d = np.round(rng.random(120), 1)  # eleven distinct values: many ties
+    d[:12] = 0.0
+    same = rng.choice([0.0, 1 / 3, 2 / 3, 1.0], 120)
+    expected = numpy_voc_ap_thresholds(d, same)
+    for perm in range(6):
+        order = rng.permutation(120) if perm else np.arange(120)
+        m = JNDAveragePrecision()
+        for part in np.array_split(order, 3):  # arriving in several updates, as from several loaders
+            m.update(torch.tensor(d[part]), torch.tensor(same[part]))
+        assert m.compute().item() == pytest.approx(expected, abs=1e-12)
+    # and it differs from ranking ties by arrival order, which is what DDP got wrong
+    assert any(abs(numpy_voc_ap(d[o], same[o]) - expected) > 1e-6 for o in (rng.permutation(120) for _ in range(6)))

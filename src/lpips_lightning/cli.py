@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import LPIPSLightningError
+from .errors import ConfigError, LPIPSLightningError
 
 HELP = """usage: lpips-lightning COMMAND [options]
 
@@ -42,7 +42,12 @@ def _wandb_online() -> bool:
     import socket
     from urllib.parse import urlparse
 
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host = url.hostname or "api.wandb.ai"
+    try:
+        port = url.port or (80 if url.scheme == "http" else 443)
+    except ValueError:  # a port that is not a number
+        return False
     key = os.environ.get("WANDB_API_KEY")
     if not key:
         try:
@@ -52,32 +57,71 @@ def _wandb_online() -> bool:
     if not key:
         return False
     try:
-        socket.create_connection((host, 443), timeout=3).close()
+        socket.create_connection((host, port), timeout=3).close()
         return True
     except OSError:
         return False
 
 
-def make_loggers(run_dir: Path, run_name: str, project: str) -> list:
-    """A CSV log and, unless W&B is disabled, a W&B run: online when logged in and reachable, else offline."""
-    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+def _wandb_run_id(run_dir: Path) -> str | None:
+    """The id of the W&B run a resumed run logged to before, so that its history continues."""
+    runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].name.rsplit("-", 1)[1] if runs else None
 
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+
+def make_loggers(run_dir: Path, run_name: str, project: str, resume_step: int | None = None) -> list:
+    """A CSV log and, unless W&B is disabled, a W&B run: online when logged in and reachable, else offline.
+
+    `resume_step`: the run resumes from a checkpoint at this step; its logs keep what came before.
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    from .callbacks import ResumableCSVLogger
+    from .runs import global_rank_zero, rank_zero_print
+
+    loggers: list = [ResumableCSVLogger(save_dir=str(run_dir), name="", version="", keep_until_step=resume_step)]
     mode = os.environ.get("WANDB_MODE", "").lower()
     if mode in ("disabled", "dryrun-disabled"):
         return loggers
-    offline = mode in ("offline", "dryrun") or not _wandb_online()
+    offline = mode in ("offline", "dryrun") or (global_rank_zero() and not _wandb_online())
     if offline:
         os.environ["WANDB_MODE"] = "offline"
         hint = f"wandb sync {run_dir}/wandb/offline-run-*"
-        print(f"W&B runs offline (not logged in, or no network); sync later with: {hint}")
-    loggers.append(WandbLogger(name=run_name, project=project, save_dir=str(run_dir), offline=offline))
+        rank_zero_print(f"W&B runs offline (not logged in, or no network); sync later with: {hint}")
+    resume = {"id": _wandb_run_id(run_dir), "resume": "allow"} if resume_step is not None else {}
+    resume = resume if resume.get("id") else {}
+    loggers.append(WandbLogger(name=run_name, project=project, save_dir=str(run_dir), offline=offline, **resume))
     return loggers
 
 
-def _latest_run(runs_dir: Path) -> str | None:
-    runs = [p for p in runs_dir.glob("*/last.ckpt")] if runs_dir.is_dir() else []
-    return max(runs, key=lambda p: p.stat().st_mtime).parent.name if runs else None
+def check_accelerator(trainer_config, config_files: Sequence[str]) -> None:
+    """Refuse in one line a GPU run on a machine without enough GPUs, naming the overlay that asked for it."""
+    accelerator = str(trainer_config.get("accelerator") or "auto").lower()
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices = trainer_config.get("devices", "auto")
+    wanted = devices if isinstance(devices, int) and devices > 0 else len(devices) if isinstance(devices, list) else 1
+    if count >= wanted:
+        return
+    import yaml
+
+    def asks_for_gpu(path: str) -> bool:
+        try:
+            trainer = (yaml.safe_load(Path(path).read_text()) or {}).get("trainer") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            return False
+        return str(trainer.get("accelerator", "")).lower() in ("gpu", "cuda")
+
+    source = next((f for f in reversed(config_files) if asks_for_gpu(f)), None)
+    where = f"--config {source}" if source else "--trainer.accelerator"
+    found = "no CUDA GPU was found" if count == 0 else f"only {count} GPU(s) were found"
+    raise ConfigError(
+        f"{where} asks for GPUs (trainer.accelerator {accelerator}, devices {devices}), but {found} on this machine; "
+        f"drop {where if source else 'that option'} or pass --trainer.accelerator cpu"
+    )
 
 
 @functools.cache
@@ -86,6 +130,7 @@ def _cli_class():
     from pytorch_lightning.cli import LightningCLI
 
     from .callbacks import FitSummary, SubsetChart
+    from .runs import RunFolder
 
     class LPIPSCLI(LightningCLI):
         """LightningCLI with run folders: checkpoints, logs, config and charts in runs_dir/<run_name>/."""
@@ -100,41 +145,47 @@ def _cli_class():
             parser.add_argument("--runs_dir", type=str, default="checkpoints", help="where run folders go")
             parser.add_argument("--wandb_project", type=str, default="lpips-lightning", help="W&B project")
 
+        def _parse_ckpt_path(self) -> None:
+            # Runs right after parsing, before LightningCLI copies the checkpoint's hyperparameters
+            # over the config: choose the run folder, resolve `last`, refuse files that are not
+            # plain checkpoints of this project and options that the checkpoint would replace.
+            subcommand = self.config.get("subcommand")
+            if not subcommand:
+                return super()._parse_ckpt_path()
+            config = self.config[subcommand]
+            check_accelerator(config.trainer, [str(getattr(f, "relative", f)) for f in config.get("config") or []])
+            self.run = RunFolder(subcommand, config)
+            super()._parse_ckpt_path()
+            for key, value in self.run.keep_options.items():
+                self.config[subcommand].model[key] = value
+
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand]
-            runs_dir = Path(config.runs_dir)
-            ckpt = config.get("ckpt_path")
-            if config.run_name is None and ckpt == "last":
-                config.run_name = _latest_run(runs_dir)
-                if config.run_name is None:
-                    raise LPIPSLightningError(f"--ckpt_path last: no run in {runs_dir}/ has a last.ckpt to resume")
-                print(f"resuming run {config.run_name}")
-            if config.run_name is None:
-                stamp = time.strftime("%Y%m%d-%H%M%S")
-                prefix = "" if self.subcommand == "fit" else f"{self.subcommand}-"
-                config.run_name = f"{prefix}{config.model.variant}_{config.model.backbone}-{stamp}"
-            self.run_dir = runs_dir / config.run_name
-            if ckpt == "last":
-                last = self.run_dir / "last.ckpt"
-                if not last.is_file():
-                    raise LPIPSLightningError(f"--ckpt_path last: {last} does not exist")
-                config.ckpt_path = str(last)
-            elif ckpt is not None and not Path(ckpt).is_file():
-                raise LPIPSLightningError(f"--ckpt_path {ckpt}: no such checkpoint file")
             if "weights_only" in config and config.weights_only is None:
                 config.weights_only = True  # checkpoints hold tensors and plain values only
-            if config.trainer.default_root_dir is None:
-                config.trainer.default_root_dir = str(self.run_dir)
+            if self.run.resume:  # the run's first config.yaml stays; each resumption adds its own
+                name = f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+                self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
 
         def instantiate_trainer(self, **kwargs):
             config = self.config_init[self.subcommand]
-            extra: dict = {}
+            model, data = self.config_init[self.subcommand].get("model"), self.config_init[self.subcommand].get("data")
+            if hasattr(model, "check_data"):  # images too small for the backbone: refused before any output
+                model.check_data(data)
+            if self.subcommand == "fit" and hasattr(data, "groups") and not data.groups("val"):
+                raise ConfigError(
+                    f"{data.file}: no validation groups (data.val {data.val_patterns}); fit scores each epoch on "
+                    "held-out judgments to keep the best checkpoint: pack some into a 2afc/val/<name> group"
+                )
+            run_dir = self.run.reserve()
+            extra: dict = {"default_root_dir": str(run_dir)}
             if config.trainer.get("logger") in (None, True):
-                extra["logger"] = make_loggers(self.run_dir, config.run_name, config.wandb_project)
+                step = self.run.resume_step if self.run.resume else None
+                extra["logger"] = make_loggers(run_dir, config.run_name, config.wandb_project, step)
             trainer_config = {**self._get(self.config_init, "trainer", default={}), **extra, **kwargs}
             given = trainer_config.get("callbacks") or []
             given = given if isinstance(given, list) else [given]
-            callbacks = [SubsetChart(self.run_dir), FitSummary(self.run_dir)]
+            callbacks = [SubsetChart(run_dir), FitSummary(run_dir)]
             if config.trainer.get("enable_progress_bar") is not False and not any(
                 isinstance(c, ProgressBar) for c in given
             ):  # reading the loss for the bar syncs the GPU: every 10 steps, not every step
@@ -143,19 +194,23 @@ def _cli_class():
                 # the best by val/2afc/mean, and last.ckpt after every epoch (Lightning's own
                 # save_last only follows a new best), which `--ckpt_path last` resumes from
                 best = ModelCheckpoint(
-                    dirpath=self.run_dir,
+                    dirpath=run_dir,
                     filename="best-epoch{epoch:02d}-2afc{val/2afc/mean:.4f}",
                     auto_insert_metric_name=False,
                     monitor="val/2afc/mean",
                     mode="max",
                 )
-                last = ModelCheckpoint(dirpath=self.run_dir, filename="last", enable_version_counter=False)
+                last = ModelCheckpoint(dirpath=run_dir, filename="last", enable_version_counter=False)
                 callbacks += [best, last]
             if extra.get("logger") and self.subcommand == "fit":
                 callbacks.append(LearningRateMonitor("epoch"))
             trainer_config["callbacks"] = [*given, *callbacks]
             extra_callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
-            return self._instantiate_trainer(trainer_config, extra_callbacks)
+            try:
+                return self._instantiate_trainer(trainer_config, extra_callbacks)
+            except BaseException:
+                self.run.release()  # a refused Trainer leaves no empty run folder behind
+                raise
 
     return LPIPSCLI
 
@@ -168,9 +223,12 @@ def run_training(argv: Sequence[str], run: bool = True):
     from .datamodules import JudgmentsDataModule
     from .module import LPIPSModule
 
-    # the run folder is made before the CSV log and checkpoints land in it: expected, not a problem
+    # the run folder is new, or a resumed run's own (see `runs`): the logger and checkpoints may land in it
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # validation and test scores are torchmetrics results, already synchronised over processes:
+    # all-reducing them again (sync_dist=True) could only change them by rounding
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
     from_command_line = list(argv) == sys.argv[1:]
     return _cli_class()(
         LPIPSModule,
@@ -204,23 +262,45 @@ TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+def _raise_terminated(signum, frame) -> None:
+    from .errors import Terminated
+
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lpips-lightning`` console script and of ``train.py``."""
+    import signal
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if not argv or argv[0] in ("-h", "--help"):
             print(HELP)
             return 0
         if argv[0] in TOOLS:
-            return TOOLS[argv[0]](argv[1:])
+            # SIGTERM (kill, a scheduler's time limit) cleans up like Ctrl-C; Lightning handles its own
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+            try:
+                return TOOLS[argv[0]](argv[1:])
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         run_training(argv)
         return 0
     except LPIPSLightningError as err:
-        print(f"error: {err}", file=sys.stderr)
+        from .runs import print_error_once
+
+        print_error_once(str(err))
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("interrupted", file=sys.stderr)
-        return 130
+        return getattr(err, "status", 130)
+    except Exception as err:
+        if type(err).__name__ != "MisconfigurationException":
+            raise
+        from .runs import print_error_once
+
+        print_error_once(str(err).strip().splitlines()[0])  # Lightning's own one-sentence refusals
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,3 +31,9 @@ def check_choice(name: str, value: object, valid: list[str] | tuple[str, ...]) -
     """Raise `ConfigError` listing the valid choices when `value` is not one of them."""
     if value not in valid:
         raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, valid))}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (clean-up runs, nothing half-written stays); exit status 143."""
+
+    status = 143

@@ -15,41 +15,57 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import nn
-
-from . import judgments
-from .datamodules import JudgmentsDataset
 from .errors import ConfigError
-from .lpips import LPIPS, to_unit_range
-from .metrics import jnd_average_precision, two_afc
+
+if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from .datamodules import JudgmentsDataset
+
+SPLITS_BY_DEFAULT = ("val", "test")
 
 
-class L2Distance(nn.Module):
+def _l2(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of RGB images in [-1, 1] (the original's L2 baseline works in Lab)."""
+    from .lpips import to_unit_range
 
-    def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-        return ((to_unit_range(x0) - to_unit_range(x1)) ** 2).mean(dim=(1, 2, 3))
+    return ((to_unit_range(x0) - to_unit_range(x1)) ** 2).mean(dim=(1, 2, 3))
 
 
-class SSIMDistance(nn.Module):
+def _ssim(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """1 - SSIM (torchmetrics, Gaussian window 11, RGB in [0, 1]), per pair."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-    def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-        from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+    from .lpips import to_unit_range
 
-        a, b = ((to_unit_range(x) + 1) / 2 for x in (x0, x1))
-        return 1 - ssim(a, b, data_range=1.0, reduction="none")
+    a, b = ((to_unit_range(x) + 1) / 2 for x in (x0, x1))
+    return 1 - ssim(a, b, data_range=1.0, reduction="none")
+
+
+def _function_module(fn, name: str) -> nn.Module:
+    from torch import nn
+
+    class Distance(nn.Module):
+        def forward(self, x0, x1):
+            return fn(x0, x1)
+
+    Distance.__name__ = Distance.__qualname__ = name
+    Distance.__doc__ = fn.__doc__
+    return Distance()
 
 
 def resolve_model(spec: str) -> nn.Module:
     """A model from a MODEL argument (see the module docstring)."""
     if spec == "l2":
-        return L2Distance()
+        return _function_module(_l2, "L2Distance")
     if spec == "ssim":
-        return SSIMDistance()
+        return _function_module(_ssim, "SSIMDistance")
+    from .lpips import LPIPS
+
     if ":" in spec and spec.split(":", 1)[0] in ("official", "baseline"):
         kind, backbone = spec.split(":", 1)
         return LPIPS(backbone, heads="official" if kind == "official" else None).eval()
@@ -62,19 +78,79 @@ def resolve_model(spec: str) -> nn.Module:
     return load(spec)
 
 
-@torch.no_grad()
 def distances(model: nn.Module, dataset: JudgmentsDataset, batch_size: int, device: torch.device, bar) -> dict:
     """Per-item distances of one group: {"d0", "d1"} (2AFC) or {"d"} (JND), numpy float64."""
+    import numpy as np
+    import torch
+
+    from .lpips import to_unit_range
+
     out: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(dataset), batch_size):
-        batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
-        batch = {k: v.to(device) for k, v in batch.items()}
-        pairs = {"d0": ("ref", "p0"), "d1": ("ref", "p1")} if "ref" in batch else {"d": ("p0", "p1")}
-        for name, (a, b) in pairs.items():
-            d = model(to_unit_range(batch[a]), to_unit_range(batch[b])).flatten()
-            out.setdefault(name, []).append(d.double().cpu().numpy())
-        bar.update(len(batch["p0"]))
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
+            batch = {k: v.to(device) for k, v in batch.items()}
+            pairs = {"d0": ("ref", "p0"), "d1": ("ref", "p1")} if "ref" in batch else {"d": ("p0", "p1")}
+            for name, (a, b) in pairs.items():
+                d = model(to_unit_range(batch[a]), to_unit_range(batch[b])).flatten()
+                out.setdefault(name, []).append(d.double().cpu().numpy())
+            bar.update(len(batch["p0"]))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def default_groups(f) -> list[str]:
+    """The groups scored without ``--groups``: the val and test splits, or every group if there are none."""
+    from . import judgments
+
+    every = list(judgments.groups(f))
+    held_out = [g for g in every if g.split("/")[1] in SPLITS_BY_DEFAULT]
+    return held_out or every
+
+
+def pick_device(device: str | None) -> torch.device:
+    """`device` as a torch.device, refusing in one line one that this machine does not have."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device}: unknown device; use cpu or cuda (cuda:N for one GPU)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} GPU(s), cuda:0..cuda:{count - 1}")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device}: only cpu and cuda are supported")
+    return dev
+
+
+def _preflight(name: str, model: nn.Module, sets: dict, device: torch.device) -> None:
+    """Run `model` on one item of each image size before scoring: a bad model fails before any output."""
+    import torch
+
+    from .errors import LPIPSLightningError
+    from .lpips import to_unit_range
+
+    seen = set()
+    for group, ds in sets.items():
+        if ds.image_shape in seen:
+            continue
+        seen.add(ds.image_shape)
+        images = {k: v.to(device) for k, v in ds.read_images([0]).items()}
+        try:
+            with torch.no_grad():
+                model(to_unit_range(images["p0"]), to_unit_range(images["p1"]))
+        except LPIPSLightningError as err:
+            raise ConfigError(f"{name} cannot score group {group}: {err}") from None
+        except Exception as err:  # a foreign model (TorchScript, ONNX) failing on these images
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"{name} cannot score group {group} ({ds.image_shape[1]}x{ds.image_shape[2]} images): {first[:200]}"
+            ) from None
 
 
 def evaluate(
@@ -85,19 +161,33 @@ def evaluate(
     device: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Score each model on each group: {"scores": {model: {group: value}}, "items": ...}."""
+    """Score each model on each group: {"scores": {model: {group: value}}, "items": ..., "groups": [...]}.
+
+    Without `groups`: the file's val and test groups (training groups would flatter a trained
+    model), or every group when the file has no val/test split.
+    """
+    import torch
     from tqdm import tqdm
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from . import judgments
+    from .datamodules import JudgmentsDataset
+    from .metrics import jnd_average_precision, two_afc
+
+    dev = pick_device(device)
     with judgments.open_file(path) as f:
-        chosen = judgments.resolve(f, list(groups) if groups else ["2afc/*/*", "jnd/*/*"])
+        chosen = judgments.resolve(f, list(groups) if groups else default_groups(f))
+    if not chosen:
+        raise ConfigError(f"{path}: the file holds no groups to score")
     sets = {g: JudgmentsDataset(path, [g], in_memory=False) for g in chosen}
+    for name, model in models.items():
+        if not hasattr(model, "session"):
+            models[name] = model.to(dev)
+        _preflight(name, models[name], sets, dev)
     total = sum(len(s) for s in sets.values()) * len(models)
     scores: dict[str, dict[str, float]] = {}
     items: dict[str, dict[str, dict]] = {}
     with tqdm(total=total, unit="item", disable=not progress, desc="evaluate") as bar:
         for name, model in models.items():
-            model = model.to(dev) if not hasattr(model, "session") else model
             scores[name], items[name] = {}, {}
             for group, ds in sets.items():
                 d = distances(model, ds, batch_size, dev, bar)
@@ -113,6 +203,8 @@ def evaluate(
 
 def table(scores: dict[str, dict[str, float]], groups: list[str]) -> str:
     """The paper's table: 2AFC (%) per 2AFC group, mAP (%) per JND group, then the means."""
+    from . import judgments
+
     names = list(scores)
     width = max(12, *(len(n) for n in names))
     head = f"{'group':<28}" + "".join(f"{n:>{width + 2}}" for n in names)
@@ -122,54 +214,42 @@ def table(scores: dict[str, dict[str, float]], groups: list[str]) -> str:
         for g in kind_groups:
             lines.append(f"{g:<28}" + "".join(f"{100 * scores[n][g]:>{width + 2}.2f}" for n in names))
         if kind_groups:
-            means = [100 * np.mean([scores[n][g] for g in kind_groups]) for n in names]
+            means = [100 * sum(scores[n][g] for g in kind_groups) / len(kind_groups) for n in names]
             lines.append(f"{'mean ' + label:<28}" + "".join(f"{m:>{width + 2}.2f}" for m in means))
             lines.append("")
     return "\n".join(lines).rstrip()
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+OUTPUT_FILES = ("results.json", "results.csv", "distances.csv", "2afc_by_subset.png", "jnd_precision_recall.png")
 
 
-def write_outputs(result: dict, out: Path, per_item: bool) -> list[Path]:
-    """results.json and results.csv; with `per_item`, distances.csv and the PNG charts too."""
+def write_outputs(result: dict, out: Path, overwrite: bool = False) -> list[Path]:
+    """results.json, results.csv, per-item distances.csv and the charts, each written atomically."""
+    from . import judgments
+    from .outputs import atomic_output
+
     scores, groups = result["scores"], result["groups"]
-    written = []
     means = {
         n: {
-            k: float(np.mean([s[g] for g in groups if judgments.kind_of(g) == k]))
+            k: sum(s[g] for g in groups if judgments.kind_of(g) == k) / sum(judgments.kind_of(g) == k for g in groups)
             for k in ("2afc", "jnd")
             if any(judgments.kind_of(g) == k for g in groups)
         }
         for n, s in scores.items()
     }
 
-    def js(tmp):
-        tmp.write_text(json.dumps({"scores": scores, "means": means}, indent=2))
+    def results_json(tmp: Path) -> None:
+        tmp.write_text(json.dumps({"groups": groups, "scores": scores, "means": means}, indent=2))
 
-    def cs(tmp):
+    def results_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["group", "measure", *scores])
             for g in groups:
-                w.writerow(
-                    [g, "2afc" if judgments.kind_of(g) == "2afc" else "jnd_map", *(scores[n][g] for n in scores)]
-                )
+                measure = "2afc" if judgments.kind_of(g) == "2afc" else "jnd_map"
+                w.writerow([g, measure, *(scores[n][g] for n in scores)])
 
-    for name, fn in (("results.json", js), ("results.csv", cs)):
-        _atomic_write(out / name, fn)
-        written.append(out / name)
-    if not per_item:
-        return written
-
-    def ds(tmp):
+    def distances_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["model", "group", "index", "d0_or_d", "d1", "judge_or_same"])
@@ -180,19 +260,36 @@ def write_outputs(result: dict, out: Path, per_item: bool) -> list[Path]:
                     for i, (a, b, t) in enumerate(zip(first, second, it["target"])):
                         w.writerow([n, g, i, f"{a:.8g}", "" if b is None else f"{b:.8g}", f"{t:.6g}"])
 
-    _atomic_write(out / "distances.csv", ds)
-    written.append(out / "distances.csv")
-    written += _plots(result, out)
+    writers = {"results.json": results_json, "results.csv": results_csv, "distances.csv": distances_csv}
+    writers.update(_plots(result))
+    written = []
+    for name, write in writers.items():
+        with atomic_output(out / name, overwrite=True, what="evaluation result") as tmp:
+            write(tmp)
+        written.append(out / name)
     return written
 
 
-def _plots(result: dict, out: Path) -> list[Path]:
+def _plots(result: dict) -> dict:
+    """{file name: writer} for the 2AFC bar chart and the JND precision-recall curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
 
-    written = []
+    from . import judgments
+    from .metrics import jnd_precision_recall
+
+    def saver(fig):
+        def save(tmp: Path) -> None:
+            fig.savefig(tmp, format="png", dpi=100)
+            plt.close(fig)
+
+        return save
+
+    writers = {}
     scores, groups = result["scores"], result["groups"]
     afc = [g for g in groups if judgments.kind_of(g) == "2afc"]
     if afc:
@@ -201,32 +298,27 @@ def _plots(result: dict, out: Path) -> list[Path]:
         for i, n in enumerate(scores):
             ax.bar(np.arange(len(afc)) + i * width, [100 * scores[n][g] for g in afc], width, label=n)
         ax.set_xticks(np.arange(len(afc)) + 0.4 - width / 2, [g.split("/", 1)[1] for g in afc], rotation=30, ha="right")
+        ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_ylabel("2AFC score (%)")
-        ax.set_ylim(50, 100)
+        ax.set_ylim(40, 100)
         ax.legend(fontsize="small")
         fig.tight_layout()
-        _atomic_write(out / "2afc_by_subset.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-        plt.close(fig)
-        written.append(out / "2afc_by_subset.png")
+        writers["2afc_by_subset.png"] = saver(fig)
     jnd = [g for g in groups if judgments.kind_of(g) == "jnd"]
     if jnd:
         fig, axes = plt.subplots(1, len(jnd), figsize=(4.5 * len(jnd), 4), squeeze=False)
         for ax, g in zip(axes[0], jnd):
             for n, per_group in result["items"].items():
                 it = per_group[g]
-                order = np.argsort(it["d"], kind="stable")
-                s = it["target"][order]
-                tp, fp = np.cumsum(s), np.cumsum(1 - s)
-                ax.plot(tp / s.sum(), tp / (tp + fp), label=f"{n} (mAP {100 * scores[n][g]:.1f})")
+                precision, recall = jnd_precision_recall(torch.from_numpy(it["d"]), torch.from_numpy(it["target"]))
+                ax.plot(recall.numpy(), precision.numpy(), label=f"{n} (mAP {100 * scores[n][g]:.1f})")
             ax.set_title(g)
             ax.set_xlabel("recall")
             ax.set_ylabel("precision")
             ax.legend(fontsize="small")
         fig.tight_layout()
-        _atomic_write(out / "jnd_precision_recall.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-        plt.close(fig)
-        written.append(out / "jnd_precision_recall.png")
-    return written
+        writers["jnd_precision_recall.png"] = saver(fig)
+    return writers
 
 
 def _label(spec: str, specs: Sequence[str]) -> str:
@@ -245,19 +337,30 @@ def main(argv: Sequence[str]) -> int:
         help="checkpoint, export, official:NET, baseline:NET, l2 or ssim (several: one column each)",
     )
     p.add_argument("--data", required=True, help="a judgments file (lpips-lightning pack / demo-data)")
-    p.add_argument("--groups", nargs="+", default=None, help="groups or globs (default: every group)")
-    p.add_argument("--out", default=None, help="folder for results, per-item distances and charts")
+    p.add_argument("--groups", nargs="+", default=None, help="groups or globs (default: the val and test groups)")
+    p.add_argument("--out", default=None, help="folder for results.json/.csv, per-item distances and charts")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: is a file; give a folder for the results")
+        taken = [n for n in OUTPUT_FILES if (out / n).exists()]
+        if taken and not args.overwrite:
+            raise ConfigError(f"--out {out}: already holds {', '.join(taken)}; pass --overwrite or another folder")
+        if not out.parent.is_dir() or not os.access(out if out.is_dir() else out.parent, os.W_OK):
+            raise ConfigError(f"--out {out}: cannot write there (missing or read-only parent folder)")
+    pick_device(args.device)  # before any model is loaded
     models = {_label(spec, args.models): resolve_model(spec) for spec in args.models}
     result = evaluate(models, args.data, args.groups, args.batch_size, args.device, progress=not args.quiet)
     print(table(result["scores"], result["groups"]))
-    out = Path(args.out) if args.out else Path.cwd()
-    out.mkdir(parents=True, exist_ok=True)
-    for path in write_outputs(result, out, per_item=args.out is not None):
-        print(f"wrote {path}")
+    if out is not None:
+        out.mkdir(exist_ok=True)
+        for path in write_outputs(result, out):
+            print(f"wrote {path}")
     return 0

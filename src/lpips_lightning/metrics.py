@@ -16,19 +16,32 @@ def two_afc(d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> torch.Te
     return (d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5
 
 
+def jnd_precision_recall(d: torch.Tensor, same: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Precision and recall of "same" answers, pairs ranked by ascending distance, one point per distance.
+
+    Pairs at the same distance form one block: the curve has a point only where the distance
+    changes, so the result does not depend on the order in which tied items arrive (DDP
+    gathers them in another order than one process reads them).
+    """
+    d, same = d.flatten().double(), same.flatten().double()
+    order = torch.argsort(d, stable=True)
+    d, s = d[order], same[order]
+    tp, fp = torch.cumsum(s, 0), torch.cumsum(1 - s, 0)
+    block_end = torch.ones_like(d, dtype=torch.bool)
+    block_end[:-1] = d[1:] != d[:-1]
+    tp, fp = tp[block_end], fp[block_end]
+    return tp / (tp + fp), tp / s.sum()
+
+
 def jnd_average_precision(d: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     """VOC average precision of "same" answers ranked by ascending distance.
 
     Sort pairs by distance (flattened first: the original forgets, and reports 1.0), then
     TP = cumsum(same), FP = cumsum(1 - same), recall = TP / sum(same), precision = TP / (TP + FP),
-    and the area under the precision envelope.
+    and the area under the precision envelope. Tied distances count as one block (see
+    `jnd_precision_recall`); without ties this is exactly the original's computation.
     """
-    d, same = d.flatten().double(), same.flatten().double()
-    order = torch.argsort(d, stable=True)
-    s = same[order]
-    tp, fp = torch.cumsum(s, 0), torch.cumsum(1 - s, 0)
-    recall = tp / s.sum()
-    precision = tp / (tp + fp)
+    precision, recall = jnd_precision_recall(d, same)
     zero, one = recall.new_zeros(1), recall.new_ones(1)
     mrec = torch.cat([zero, recall, one])
     mpre = torch.cat([zero, precision, zero])

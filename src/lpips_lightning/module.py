@@ -134,8 +134,16 @@ class LPIPSModule(LightningModule):
         return CACHE_STEPS_PER_CALL if self.feature_cache else 1
 
     # --- set-up ---------------------------------------------------------------------------
+    def check_data(self, datamodule) -> None:
+        """Refuse, in one line, images that are too small for the backbone (before anything runs)."""
+        sizes = datamodule.image_sizes() if hasattr(datamodule, "image_sizes") else {}
+        for group, (height, width) in sizes.items():
+            self.lpips.check_size(height, width, f"{datamodule.file}: group {group}")
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            self.check_data(datamodule)
         for name in ("val", "test"):
             groups = datamodule.groups(name) if datamodule is not None and hasattr(datamodule, "groups") else []
             self.groups[name] = list(groups)

@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .. import judgments
 from ..errors import ConfigError, JudgmentsError
 
+DEFAULT_VAL = ("2afc/val/*", "jnd/val/*")
+
 
 class JudgmentsDataset(Dataset):
     """The items of one or more groups of one kind, in memory or read lazily from the file.
@@ -209,7 +211,9 @@ class JudgmentsDataModule(pl.LightningDataModule):
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.save_hyperparameters()
         self.train_patterns = list(train if train is not None else ["2afc/train/*"])
-        self.val_patterns = list(val if val is not None else ["2afc/val/*", "jnd/val/*"])
+        # by default every val group of either kind: a file may hold only 2AFC or only JND groups
+        self.default_val = val is None
+        self.val_patterns = list(val if val is not None else DEFAULT_VAL)
         self.test_patterns = list(test or [])
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -236,8 +240,15 @@ class JudgmentsDataModule(pl.LightningDataModule):
     def _resolve(self) -> None:
         with judgments.open_file(self.file) as f:
             self.train_groups = judgments.resolve(f, self.train_patterns)
-            self.val_groups = judgments.resolve(f, self.val_patterns)
+            patterns = self.val_patterns
+            if self.default_val:
+                from fnmatch import fnmatchcase
+
+                patterns = [g for g in judgments.groups(f) if any(fnmatchcase(g, p) for p in DEFAULT_VAL)]
+            self.val_groups = judgments.resolve(f, patterns)
             self.test_groups = judgments.resolve(f, self.test_patterns)
+            chosen = dict.fromkeys(self.train_groups + self.val_groups + self.test_groups)
+            self._image_sizes = {g: tuple(f[g]["p0"].shape[-2:]) for g in chosen}
         jnd_train = [g for g in self.train_groups if judgments.kind_of(g) != "2afc"]
         if jnd_train:
             raise ConfigError(f"{self.file}: training needs 2AFC groups; {', '.join(jnd_train)} is JND")
@@ -311,6 +322,12 @@ class JudgmentsDataModule(pl.LightningDataModule):
         if "test" not in self.datasets:
             raise ConfigError(f"{self.file}: no test groups selected (data.test)")
         return [self._loader(d, False, True) for d in self.datasets["test"]]
+
+    def image_sizes(self) -> dict[str, tuple[int, int]]:
+        """(height, width) of the images of every selected group."""
+        if not hasattr(self, "_image_sizes"):
+            self._resolve()
+        return dict(self._image_sizes)
 
     def groups(self, stage: str) -> list[str]:
         """The resolved groups of a stage (``train``, ``val``, ``test``), in loader order."""

@@ -1,0 +1,240 @@
+"""Run folders: ``runs_dir/<run>/`` belongs to one run.
+
+- ``fit`` makes a new folder (``<variant>_<backbone>-<time>``, or ``--run_name``), refusing a
+  name that is taken; only resuming that run (``--ckpt_path last``, or a checkpoint inside it)
+  writes into it again, and its ``metrics.csv`` then keeps the rows logged before.
+- ``validate`` / ``test`` of a run's checkpoint write into a new folder inside that run
+  (``<run>/validate-<time>/``); of any other checkpoint, into a new folder under ``runs_dir``.
+- Every process of a multi-process run uses one folder: Lightning's own DDP children inherit
+  their parent's choice; processes started by a launcher (torchrun, SLURM) name the run from
+  the launcher's job id, or need ``--run_name``.
+- A checkpoint given with ``--ckpt_path`` must be a plain checkpoint of this project, and
+  explicit model options may not contradict it (LightningCLI would silently take the
+  checkpoint's values).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import ConfigError, LPIPSLightningError
+
+_INHERITED = "LPIPS_LIGHTNING_RUN_DIR"  # set by the rank-0 process for Lightning's DDP children
+# options that change how fast a run goes, not what it trains: a resumed run may change them
+RUNTIME_OPTIONS = ("compile", "channels_last")
+
+
+def global_rank_zero() -> bool:
+    """Whether this process is rank 0 of its run (also before the launcher or DDP has started)."""
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
+
+
+def rank_zero_print(*args, **kwargs) -> None:
+    """`print` on global rank 0 only."""
+    if global_rank_zero():
+        print(*args, **kwargs)
+
+
+def _inherited_run_dir() -> Path | None:
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(_INHERITED):
+        return Path(os.environ[_INHERITED])
+    return None
+
+
+def _launched_processes() -> int:
+    """Processes started by an outside launcher (torchrun, srun) for this run; 1 when none."""
+    return max(int(os.environ.get("WORLD_SIZE", "1") or 1), int(os.environ.get("SLURM_NTASKS", "1") or 1))
+
+
+def _launcher_id() -> str | None:
+    for var in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        value = os.environ.get(var, "")
+        if value and value.lower() != "none":
+            return value
+    return None
+
+
+def latest_run(runs_dir: Path) -> str | None:
+    """The run under `runs_dir` whose ``last.ckpt`` is newest."""
+    runs = list(runs_dir.glob("*/last.ckpt")) if runs_dir.is_dir() else []
+    return max(runs, key=lambda p: p.stat().st_mtime).parent.name if runs else None
+
+
+def _owning_run(ckpt: Path, runs_dir: Path) -> Path | None:
+    """The run folder a checkpoint file lies in directly, if it is one (it holds a run's config)."""
+    folder = ckpt.resolve().parent
+    if folder.parent == runs_dir.resolve() and (folder / "config.yaml").is_file():
+        return folder
+    return None
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _taken(folder: Path) -> bool:
+    return folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+
+
+def check_checkpoint(ckpt: str) -> dict:
+    """The hyperparameters of a plain lpips-lightning checkpoint; one clear line for anything else."""
+    from .export import read_checkpoint
+
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file")
+    hp, _, _ = read_checkpoint(ckpt)
+    return hp
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def refuse_conflicts(model_config, hp: dict, ckpt: str) -> dict:
+    """Raise if an option given for the model contradicts the checkpoint; return the runtime options to keep.
+
+    An option counts as given when it differs from `LPIPSModule`'s default (a value equal to
+    the default cannot be told apart from no value, and is taken from the checkpoint).
+    """
+    from .module import LPIPSModule
+
+    defaults = {k: p.default for k, p in inspect.signature(LPIPSModule.__init__).parameters.items() if k != "self"}
+    keep = {}
+    for key, default in defaults.items():
+        given = model_config.get(key, default)
+        if _same(given, default) or key not in hp or _same(given, hp[key]):
+            continue
+        if key in RUNTIME_OPTIONS:
+            keep[key] = given
+            continue
+        raise ConfigError(
+            f"--model.{key} {given!r} conflicts with the checkpoint {ckpt}, trained with {key} {hp[key]!r}; "
+            "drop the option, or train a new run without --ckpt_path"
+        )
+    return keep
+
+
+class RunFolder:
+    """Where one fit/validate/test writes, decided right after the command line is parsed."""
+
+    def __init__(self, subcommand: str, config) -> None:
+        self.subcommand = subcommand
+        self.runs_dir = Path(config.runs_dir)
+        self.resume = False
+        self.keep_options: dict = {}
+        self.resume_step: int | None = None
+        ckpt = config.get("ckpt_path")
+        if ckpt == "last":
+            ckpt = config.ckpt_path = str(self._last_checkpoint(config))
+        if ckpt is not None:
+            hp = check_checkpoint(ckpt)
+            self.keep_options = refuse_conflicts(config.model, hp, ckpt)
+        inherited = _inherited_run_dir()
+        if inherited is not None:
+            self.path, self.explicit = inherited, True
+            self.resume = subcommand == "fit" and ckpt is not None
+            config.run_name = self.path.name
+            return
+        self.path, self.explicit = self._choose(config, ckpt)
+        if self.resume:
+            rank_zero_print(f"resuming run {self.path.name} from {Path(ckpt).name}")
+            self.resume_step = _checkpoint_step(ckpt)
+        elif self.explicit and global_rank_zero() and _taken(self.path):
+            raise ConfigError(
+                f"run folder {self.path} already holds a run; choose another --run_name, or resume that run "
+                f"with --ckpt_path last --run_name {self.path.name}"
+            )
+        config.run_name = (
+            str(self.path.relative_to(self.runs_dir)) if self.path.is_relative_to(self.runs_dir) else (self.path.name)
+        )
+
+    def _last_checkpoint(self, config) -> Path:
+        run = config.run_name or latest_run(self.runs_dir)
+        if run is None:
+            raise ConfigError(f"--ckpt_path last: no run in {self.runs_dir}/ has a last.ckpt")
+        last = self.runs_dir / run / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"--ckpt_path last: {last} does not exist")
+        self._last_of = self.runs_dir / run
+        return last
+
+    def _choose(self, config, ckpt: str | None) -> tuple[Path, bool]:
+        """(folder, whether its name is fixed) for this command."""
+        owner = getattr(self, "_last_of", None) or (_owning_run(Path(ckpt), self.runs_dir) if ckpt else None)
+        named = config.run_name
+        if self.subcommand == "fit":
+            if owner is not None and (named is None or named == owner.name):
+                self.resume = True
+                return owner, True
+            if named is not None:
+                return self.runs_dir / named, True
+            base = f"{config.model.variant}_{config.model.backbone}"
+            return self._multiprocess_name(base) or (self.runs_dir / f"{base}-{_stamp()}", False)
+        # validate / test: a new folder, inside the evaluated run when there is one
+        if named is not None and getattr(self, "_last_of", None) is None:
+            return self.runs_dir / named, True
+        if owner is not None:
+            return owner / f"{self.subcommand}-{_stamp()}", False
+        base = f"{self.subcommand}-{config.model.variant}_{config.model.backbone}"
+        return self._multiprocess_name(base) or (self.runs_dir / f"{base}-{_stamp()}", False)
+
+    def _multiprocess_name(self, base: str) -> tuple[Path, bool] | None:
+        """Under torchrun/SLURM every process must agree on the folder: the launcher's job id names it."""
+        if _launched_processes() <= 1:
+            return None
+        job = _launcher_id()
+        if job is None:
+            raise ConfigError(
+                "several processes were launched for this run: pass --run_name NAME (the same on every node), "
+                "or launch with torchrun --rdzv-id / SLURM so that the job id names the run"
+            )
+        return self.runs_dir / f"{base}-{job}", True
+
+    def reserve(self) -> Path:
+        """Create the folder (rank 0); a default name that another run took in the same second gets a suffix."""
+        if not global_rank_zero() or self.resume or _inherited_run_dir() is not None:
+            return self.path
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        path, n = self.path, 1
+        while True:
+            try:
+                path.mkdir(parents=True, exist_ok=self.explicit)
+                if self.explicit and _taken(path):
+                    raise FileExistsError
+                break
+            except FileExistsError:
+                if self.explicit:
+                    raise ConfigError(f"run folder {path} already holds a run; choose another --run_name") from None
+                n += 1
+                path = self.path.with_name(f"{self.path.name}-{n}")
+            except OSError as err:
+                raise LPIPSLightningError(f"cannot create run folder {path}: {err.strerror}") from None
+        self.path, self._made = path, True
+        os.environ[_INHERITED] = str(path)  # Lightning's DDP children start from this process's environment
+        return path
+
+    def release(self) -> None:
+        """Remove the folder `reserve` made if nothing was written into it."""
+        if getattr(self, "_made", False) and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+
+def _checkpoint_step(ckpt: str) -> int | None:
+    import torch
+
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True).get("global_step"))
+    except Exception:
+        return None
+
+
+def print_error_once(message: str) -> None:
+    """Print a user-facing error on rank 0 only (other ranks fail the same way)."""
+    if global_rank_zero():
+        print(f"error: {message}", file=sys.stderr)

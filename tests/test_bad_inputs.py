@@ -1,0 +1,303 @@
+"""Trust: training, evaluation and run folders, tried as a hostile user would, through the real CLI.
+
+Each refusal: exit status 2, one ``error:`` line, no traceback, nothing created or changed.
+(`pack` and the exports have their own files: test_trust_pack.py, test_trust_export.py.)
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_refused, make_bapps, snapshot
+
+from lpips_lightning import judgments
+from lpips_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(runs: Path, data: Path, *extra: str) -> list[str]:
+    return [
+        "--config",
+        str(ROOT / "configs/lin_alex.yaml"),
+        "--model.pretrained",
+        "false",
+        "--data.path",
+        str(data),
+        "--data.batch_size",
+        "4",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--runs_dir",
+        str(runs),
+        *extra,
+    ]
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A packed tiny BAPPS and a finished 2-epoch run `r1` in a runs folder."""
+    from lpips_lightning.pack import pack
+
+    os.environ["WANDB_MODE"] = "disabled"
+    root = tmp_path_factory.mktemp("trained")
+    make_bapps(root / "b", n=12)
+    data = pack(root / "b", root / "d.h5", size=32, workers=1, progress=False)
+    runs = root / "runs"
+    assert main(["fit", *_args(runs, data, "--trainer.max_epochs", "2", "--run_name", "r1")]) == 0
+    return {"root": root, "data": data, "runs": runs, "run": runs / "r1"}
+
+
+def _write_judgments(path: Path, groups: dict[str, dict[str, np.ndarray]]) -> Path:
+    with judgments.write(path) as w:
+        for name, arrays in groups.items():
+            n, _, h, wd = arrays["p0"].shape
+            g = w.create_group(name, n, (h, wd))
+            w.fill(g, 0, arrays)
+    return path
+
+
+def _group(kind: str, n: int = 6, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    keys = judgments.image_keys(kind)
+    arrays = {k: rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8) for k in keys}
+    arrays[judgments.TARGET[kind]] = rng.random(n).astype(np.float32)
+    return arrays
+
+
+# --- run folders belong to one run ----------------------------------------------------------------
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_evaluating_a_run_writes_a_new_folder_inside_it(trained, command, capfd):
+    run = trained["run"]
+    before = snapshot(run)
+    extra = ["--data.test", "[2afc/val/*, jnd/val/*]"] if command == "test" else []
+    assert (
+        main([command, *_args(trained["runs"], trained["data"], "--ckpt_path", "last", "--run_name", "r1", *extra)])
+        == 0
+    )
+    after = snapshot(run)
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert not changed, changed  # metrics.csv, config.yaml, chart and checkpoints untouched
+    new = sorted({str(Path(k).parent) for k in after if k not in before})
+    assert len(new) == 1 and Path(new[0]).parent == run and Path(new[0]).name.startswith(f"{command}-")
+    assert _rows(Path(new[0]) / "metrics.csv")
+
+
+def test_fit_with_a_runs_saved_config_is_refused(trained, capfd):
+    err = assert_refused(
+        ["fit", "--config", str(trained["run"] / "config.yaml"), "--runs_dir", str(trained["runs"])],
+        capfd,
+        trained["runs"],
+    )
+    assert "already holds a run" in err and "--ckpt_path last --run_name r1" in err
+
+
+def test_explicit_option_conflicting_with_the_checkpoint_is_refused(trained, capfd):
+    args = _args(trained["runs"], trained["data"], "--ckpt_path", "last", "--run_name", "r1")
+    err = assert_refused(["fit", *args, "--model.backbone", "squeeze"], capfd, trained["runs"])
+    assert "'squeeze'" in err and "'alex'" in err and "backbone" in err
+    err = assert_refused(["validate", *args, "--model.lr", "0.5"], capfd, trained["runs"])
+    assert "0.5" in err and "0.0001" in err
+
+
+def test_resumed_run_keeps_its_earlier_log_rows(tmp_path, trained):
+    runs = tmp_path / "runs"
+    args = _args(runs, trained["data"], "--run_name", "cut")
+    assert main(["fit", *args, "--trainer.max_epochs", "2"]) == 0
+    first = _rows(runs / "cut/metrics.csv")
+    config = (runs / "cut/config.yaml").read_text()
+    assert main(["fit", *args, "--trainer.max_epochs", "3", "--ckpt_path", "last"]) == 0
+    rows = _rows(runs / "cut/metrics.csv")
+    epochs = sorted({int(r["epoch"]) for r in rows if r.get("val/2afc/mean")})
+    assert epochs == [0, 1, 2], epochs  # the epochs before the interruption are still there
+    assert [r["val/2afc/mean"] for r in rows[: len(first)] if r.get("val/2afc/mean")] == [
+        r["val/2afc/mean"] for r in first if r.get("val/2afc/mean")
+    ]
+    assert (runs / "cut/config.yaml").read_text() == config
+    assert list((runs / "cut").glob("config-resumed-*.yaml"))
+
+
+def test_two_fits_in_the_same_second_get_two_folders(tmp_path, trained, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
+    runs = tmp_path / "runs"
+    for _ in range(2):
+        assert main(["fit", *_args(runs, trained["data"], "--trainer.max_epochs", "1")]) == 0
+    assert sorted(p.name for p in runs.iterdir()) == ["lin_alex-20260101-000000", "lin_alex-20260101-000000-2"]
+
+
+# --- one clean line -----------------------------------------------------------------------------
+class NotAPlainValue:
+    pass
+
+
+def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
+    from safetensors.torch import save_file
+
+    folder.mkdir(exist_ok=True)
+    made = {}
+    made["truncated"] = folder / "truncated.ckpt"
+    made["truncated"].write_bytes(good.read_bytes()[:5000])
+    made["safetensors"] = folder / "weights.safetensors"
+    save_file({"a": torch.zeros(2)}, str(made["safetensors"]))
+    made["pickled"] = folder / "pickled.ckpt"
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["hyper_parameters"]["trap"] = NotAPlainValue()
+    torch.save(ckpt, made["pickled"])
+    made["empty"] = folder / "empty.ckpt"
+    made["empty"].write_bytes(b"")
+    made["foreign"] = folder / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, made["foreign"])
+    return made
+
+
+@pytest.mark.parametrize("case", ["truncated", "safetensors", "pickled", "empty", "foreign", "missing"])
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_bad_checkpoint_is_one_line(trained, tmp_path, capfd, case, command):
+    bad = _bad_checkpoints(tmp_path / "bad", trained["run"] / "last.ckpt")
+    path = bad.get(case, tmp_path / "bad" / "gone.ckpt")
+    err = assert_refused(
+        [command, *_args(tmp_path / "runs", trained["data"], "--ckpt_path", str(path))], capfd, tmp_path
+    )
+    assert path.name in err
+    assert "weights_only=False" not in err and "weights_only" not in err.replace("weights_only=True", "")
+
+
+def test_gpu_overlay_without_a_gpu_is_one_line(trained, tmp_path, capfd):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the overlay is valid here")
+    args = _args(tmp_path / "runs", trained["data"], "--config", str(ROOT / "configs/ddp.yaml"))
+    err = assert_refused(["fit", *args], capfd, tmp_path)
+    assert "ddp.yaml" in err and "no CUDA GPU" in err and "--trainer.accelerator cpu" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_lightnings_own_refusals_are_one_line_and_leave_no_folder(trained, tmp_path, capfd):
+    args = _args(tmp_path / "runs", trained["data"], "--trainer.devices", "0")
+    assert_refused(["fit", *args], capfd, tmp_path)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_images_too_small_for_the_backbone(tmp_path, capfd, imagenet_cache):
+    tiny = _write_judgments(
+        tmp_path / "tiny.h5", {"2afc/train/t": _group("2afc", size=1), "2afc/val/t": _group("2afc", size=1)}
+    )
+    err = assert_refused(["fit", *_args(tmp_path / "runs", tiny)], capfd, tmp_path)
+    assert "1x1" in err and "minimum" in err and "alex" in err
+    err = assert_refused(["evaluate", "baseline:alex", "--data", str(tiny), "--quiet"], capfd, tmp_path)
+    assert "1x1" in err and "minimum" in err
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [("cuda", "no usable CUDA GPU"), ("cuda:7", "GPU"), ("tpu", "device"), ("banana", "unknown device")],
+)
+def test_evaluate_device_the_machine_lacks(trained, tmp_path, capfd, device, expected):
+    if torch.cuda.is_available() and device == "cuda":
+        pytest.skip("this machine has a GPU")
+    err = assert_refused(["evaluate", "l2", "--data", str(trained["data"]), "--device", device], capfd, tmp_path)
+    assert expected in err
+
+
+# --- the right numbers ----------------------------------------------------------------------------
+def test_evaluate_scores_held_out_groups_by_default(trained, capfd, tmp_path):
+    import json
+
+    out = tmp_path / "ev"
+    assert main(["evaluate", "l2", "--data", str(trained["data"]), "--quiet", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["groups"] == ["2afc/val/cnn", "jnd/val/cnn"]  # not 2afc/train/trad
+    assert "2afc/train/trad" not in capfd.readouterr().out
+    # rerunning into the same folder would replace results: refused without --overwrite
+    assert_refused(["evaluate", "l2", "--data", str(trained["data"]), "--quiet", "--out", str(out)], capfd, tmp_path)
+    assert main(["evaluate", "l2", "--data", str(trained["data"]), "--quiet", "--out", str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("kinds", [("2afc",), ("jnd",)])
+def test_evaluate_a_file_with_one_kind_only(tmp_path, capfd, kinds):
+    groups = {f"{k}/val/only": _group(k) for k in kinds}
+    data = _write_judgments(tmp_path / "one.h5", groups)
+    assert main(["evaluate", "l2", "--data", str(data), "--quiet"]) == 0
+    out = capfd.readouterr().out
+    assert f"{kinds[0]}/val/only" in out
+
+
+def test_evaluate_without_held_out_groups_scores_every_group(tmp_path, capfd):
+    data = _write_judgments(tmp_path / "train_only.h5", {"2afc/train/mine": _group("2afc")})
+    assert main(["evaluate", "l2", "--data", str(data), "--quiet"]) == 0
+    assert "2afc/train/mine" in capfd.readouterr().out
+
+
+# --- the terminal, W&B and several processes ------------------------------------------------------
+def test_wandb_reachability_uses_the_port_of_the_base_url(monkeypatch):
+    from lpips_lightning.cli import _wandb_online
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    try:
+        monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        assert _wandb_online()
+        server.close()
+        assert not _wandb_online()  # nothing listens there any more
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("tool", ["distance", "pack", "demo-data", "export", "evaluate", "download"])
+def test_tool_help_does_not_import_torch(tool):
+    code = (
+        "import sys; from lpips_lightning.cli import main\n"
+        f"try:\n    main([{tool!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'LIGHT')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and result.stdout.strip().endswith("LIGHT"), result.stdout[-300:]
+
+
+def test_multi_process_runs_agree_on_the_folder(tmp_path, monkeypatch):
+    """Processes started by torchrun/SLURM name the run by the job id, or must be given --run_name."""
+    from jsonargparse import Namespace
+
+    from lpips_lightning.errors import ConfigError
+    from lpips_lightning.runs import RunFolder
+
+    def config():
+        return Namespace(
+            runs_dir=str(tmp_path), ckpt_path=None, run_name=None, model=Namespace(variant="lin", backbone="vgg")
+        )
+
+    for var in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    with pytest.raises(ConfigError, match="--run_name"):
+        RunFolder("fit", config())
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job42")
+    names = set()
+    for rank in ("0", "9"):
+        monkeypatch.setenv("RANK", rank)
+        names.add(RunFolder("fit", config()).path)
+    assert names == {tmp_path / "lin_vgg-job42"}
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.delenv("RANK")
+    assert "job42" not in RunFolder("fit", config()).path.name  # one process: its own clock
