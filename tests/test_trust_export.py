@@ -168,11 +168,14 @@ def test_loaded_models_refuse_images_below_the_minimum(exported, suffix):
     assert torch.isfinite(model(edge, edge + 1)).all()
 
 
-def test_distance_refuses_tiny_images(tmp_path, capfd, imagenet_cache):
+def test_distance_refuses_tiny_images(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))  # refused before any weights are needed
     a = _png(tmp_path / "a.png", np.zeros((1, 1, 3), np.uint8))
     b = _png(tmp_path / "b.png", np.full((1, 1, 3), 9, np.uint8))
     line = assert_refused(["distance", str(a), str(b)], capfd, tmp_path)
-    assert "a.png" in line and "images of 1x1 pixels are " + MIN_ALEX in line and "--resize" in line
+    assert "a.png" in line and "images of 1x1 pixels are " + MIN_ALEX in line and "--resize N with N >= 31" in line
+    line = assert_refused(["distance", str(a), str(b), "--backbone", "vgg", "--resize", "15"], capfd, tmp_path)
+    assert "images of 15x15 pixels are smaller than the 16x16 minimum of backbone vgg" in line
 
 
 # --- 3. files that are not models -----------------------------------------------------------------

@@ -23,6 +23,15 @@ def _pixels(text: str) -> int:
     return value
 
 
+def _check_size(height: int, width: int, min_size: int, backbone: str, where: str) -> None:
+    from .lpips import check_image_size
+
+    try:
+        check_image_size(height, width, min_size, backbone, where)
+    except ConfigError as err:
+        raise ConfigError(f"{err}; pass --resize N with N >= {min_size}") from None
+
+
 def main(argv: Sequence[str]) -> int:
     """``lpips-lightning distance``."""
     p = argparse.ArgumentParser(prog="lpips-lightning distance", description="LPIPS distance between two images.")
@@ -66,19 +75,19 @@ def main(argv: Sequence[str]) -> int:
             f"{args.img0} is {tuple(images[0].shape[-2:])} and {args.img1} is {tuple(images[1].shape[-2:])} "
             "(H, W): pass --resize N to compare them at N x N"
         )
+    height, width = images[0].shape[-2:]
+    where = f"{args.img0}, {args.img1}"
     if args.model:
         from .export import load
 
         model = load(args.model)
+        _check_size(height, width, model.min_size, model.backbone_name, where)
     else:
+        from .backbones import BACKBONES
         from .lpips import LPIPS
 
+        _check_size(height, width, BACKBONES[args.backbone].min_size, args.backbone, where)  # before any weights
         model = LPIPS(args.backbone, args.version, heads=heads, backbone_weights=args.backbone_weights).eval()
-    height, width = images[0].shape[-2:]
-    try:
-        model.check_size(height, width, where=f"{args.img0}, {args.img1}")
-    except ConfigError as err:
-        raise ConfigError(f"{err}; pass --resize N with N >= {model.min_size}") from None
     with torch.no_grad():
         print(f"{model(*images).item():.6f}")
     return 0
