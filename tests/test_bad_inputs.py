@@ -301,3 +301,29 @@ def test_multi_process_runs_agree_on_the_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.delenv("RANK")
     assert "job42" not in RunFolder("fit", config()).path.name  # one process: its own clock
+
+
+@pytest.mark.parametrize("variant", ["lin", "scratch"])
+def test_gradient_strides_match_their_weights_for_ddp(variant):
+    """DDP's buckets take each weight's strides: a gradient laid out otherwise makes DDP warn and copy."""
+    from lpips_lightning.module import LPIPSModule
+
+    model = LPIPSModule(variant=variant, pretrained=False)
+    model.configure_model()
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    loss, _, _ = model._train_loss(x, x.flip(0), x.flip(1), torch.rand(2))
+    loss.backward()
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trained
+    for name, p in trained:
+        assert p.grad.stride() == p.stride(), name
+
+
+def test_subset_chart_is_labelled_with_chance_and_jnd():
+    from lpips_lightning.callbacks import subset_chart
+
+    fig = subset_chart({"2afc/cnn": 0.7, "2afc/mean": 0.7, "jnd/cnn": 0.6}, "validation after epoch 3")
+    (ax,) = fig.axes
+    assert ax.get_xlabel() and "epoch 3" in ax.get_title()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["2afc/cnn", "2afc/mean", "jnd/cnn"]
+    assert any(list(line.get_xdata()) == [0.5, 0.5] for line in ax.get_lines())  # the chance line

@@ -152,9 +152,11 @@ class LPIPSModule(LightningModule):
             )
 
     def configure_model(self) -> None:
-        # before the strategy moves and wraps the model (DDP's buckets follow the layout)
+        # before the strategy moves and wraps the model (DDP's buckets follow the layout). The
+        # heads too: a 1x1 head over channels-last features gets channels-last gradient strides,
+        # and DDP warns ("Grad strides do not match bucket view strides") when the weight's differ
         if self.hparams.channels_last:
-            self.lpips.net.to(memory_format=torch.channels_last)
+            self.lpips.to(memory_format=torch.channels_last)
 
     def on_fit_start(self) -> None:
         if self.hparams.compile and not self.feature_cache:
