@@ -116,7 +116,7 @@ def _rgb8(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
         return np.repeat(_to_8bit(values)[..., None], 3, axis=2)
     if mode == "I":
         values = np.array(im)
-        lo, hi = values.min(initial=0), values.max(initial=0)
+        lo, hi = (values.min(), values.max()) if values.size else (0, 0)
         raise PackError(
             f"{path}: signed or 32-bit integer pixels (values {lo}..{hi}) have no fixed white level; "
             "save the image as 8- or 16-bit"
@@ -294,19 +294,20 @@ def _image_path(rel: str, csv_path: Path, where: str, col: str) -> str:
     """The path of one image named in a CSV row, checked to be a regular file."""
     if not rel:
         raise PackError(f"{where}: empty {col} path")
+    shown = rel if len(rel) <= 100 else f"{rel[:60]}...{rel[-30:]}"
     if "\x00" in rel:
-        raise PackError(f"{where}: {col} path {rel!r} holds a NUL character")
+        raise PackError(f"{where}: {col} path {shown!r} holds a NUL character")
     p = Path(rel) if Path(rel).is_absolute() else csv_path.parent / rel
     try:
         mode = p.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
-        raise PackError(f"{where}: image {rel} does not exist ({p})") from None
+        raise PackError(f"{where}: image {shown} does not exist ({p if len(str(p)) <= 200 else '...'})") from None
     except OSError as err:
-        raise PackError(f"{where}: image {rel} cannot be read ({err.strerror or type(err).__name__})") from None
+        raise PackError(f"{where}: image {shown} cannot be read ({err.strerror or type(err).__name__})") from None
     if stat.S_ISDIR(mode):
-        raise PackError(f"{where}: {col} {rel} is a folder, not an image file")
+        raise PackError(f"{where}: {col} {shown} is a folder, not an image file")
     if not stat.S_ISREG(mode):
-        raise PackError(f"{where}: {col} {rel} is not a regular file")
+        raise PackError(f"{where}: {col} {shown} is not a regular file")
     return str(p)
 
 
@@ -496,8 +497,9 @@ class _Decoder:
     so that a recorded signal ends them. `close` kills the workers.
     """
 
-    def __init__(self, workers: int, check: Callable[[], None]) -> None:
+    def __init__(self, workers: int, check: Callable[[], None], source: str = "pack") -> None:
         self.check = check
+        self.source = source
         self.procs: list = []
         self.tasks: list = []
         self.results: list = []
@@ -548,7 +550,9 @@ class _Decoder:
         proc.join(1)
         code = proc.exitcode
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"status {code}"
-        raise PackError(f"a decoding worker process ended unexpectedly ({how}: killed, or out of memory?)")
+        raise PackError(
+            f"{self.source}: a decoding worker process ended unexpectedly ({how}: killed, or out of memory?)"
+        )
 
     def decoded(self, tasks: list, chunk: int = 16, ahead: int = 64) -> Iterator[tuple[np.ndarray, float]]:
         """Decoded items in order, with at most `ahead` chunks of `chunk` tasks in flight.
@@ -591,7 +595,9 @@ def pack(
         raise PackError(f"--size must be a number of pixels from 1 to {MAX_SIZE}, got {size}")
     if workers is not None and workers < 1:
         raise PackError(f"--workers must be at least 1, got {workers}")
-    out = outputs.check_output(out, overwrite, inputs=[source], what="judgments file")
+    # the target's folder now; whether it exists only once the inputs are known (an input that
+    # exists must not be answered with "pass --overwrite")
+    out = outputs.check_output(out, True, inputs=[source], what="judgments file")
     with _Signals() as signals:
         signals.raise_now = True  # planning holds nothing to clean up
         plans = plan_source(source, group)
@@ -606,7 +612,7 @@ def pack(
         ahead = max(2, min(64, IN_FLIGHT_BYTES // (chunk * item_bytes)))
         _check_free_space(out, plans, size)
         workers = min(workers or os.cpu_count() or 1, math.ceil(total / chunk))
-        decoder = _Decoder(workers, signals.check)  # before the HDF5 file is open: workers fork without it
+        decoder = _Decoder(workers, signals.check, str(source))  # before the HDF5 file is open: workers fork without it
         try:
             with (
                 judgments.write(out, overwrite=overwrite, before_rename=signals.check) as writer,
@@ -631,7 +637,7 @@ def _check_free_space(out: Path, plans: list[GroupPlan], size: int) -> None:
     except (OSError, AttributeError):  # no statvfs (Windows), or it failed: the write itself will tell
         return
     free = st.f_bavail * st.f_frsize
-    if free < need:
+    if st.f_blocks and free < need:  # (pseudo file systems report no size at all)
         raise PackError(f"{out}: the judgments file needs about {_size(need)} and {out.parent} has {_size(free)} free")
 
 
