@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch and torchvision are pinned to releases that install from this workplace's local copy
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install install-dev lint
+.PHONY: demo test install install-dev lint reproduce
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,4 +28,9 @@ test: install-dev
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 lint: install-dev
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+
+# the paper's table from nothing: download BAPPS, pack, train the nine configurations, evaluate
+# (GPU, hours; resumable: run it again after an interruption). ARGS: options of scripts/reproduce.py
+reproduce: install
+	$(BIN)/python scripts/reproduce.py $(ARGS)
