@@ -141,6 +141,16 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path, kind):
         np.testing.assert_array_equal(f["2afc/train/j/ref"][0], resized)
 
 
+def test_16_bit_png_opened_as_mode_i(tmp_path, monkeypatch):
+    """Older Pillow releases open a 16-bit gray PNG as a 32-bit "I" image: still scaled as 16-bit."""
+    from PIL import PngImagePlugin
+
+    Image.fromarray(SAMPLES).save(tmp_path / "g.png")
+    monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))
+    assert Image.open(tmp_path / "g.png").mode == "I"
+    np.testing.assert_array_equal(load_image(tmp_path / "g.png")[..., 0], _to8(SAMPLES))
+
+
 def test_load_image_returns_a_writable_array(tmp_path):
     import torch
 
@@ -205,7 +215,10 @@ BAD_CSVS = {
     "image is a folder": (_make_folder_image, "line 2: ref sub.png is a folder, not an image file"),
     "image is a FIFO": (_make_fifo, "line 2: ref pipe.png is not a regular file"),
     "float image": (_make_float_tiff, "f.tif: floating-point pixels (mode F)"),
-    "32-bit image": (_make_int32_tiff, "i.tif: signed or 32-bit integer pixels (values 100000..100000) have no fixed white level"),
+    "32-bit image": (
+        _make_int32_tiff,
+        "i.tif: signed or 32-bit integer pixels (values 100000..100000) have no fixed white level",
+    ),
     "broken image": (_make_broken_image, "im0.png: image does not decode"),
 }
 
