@@ -85,6 +85,32 @@ def bapps_h5(tmp_path) -> Path:
     return pack(tmp_path / "bapps", tmp_path / "bapps.h5", size=32, workers=1, progress=False)
 
 
+def training_args(runs: Path, data: Path, *extra: str) -> list[str]:
+    """Options of a tiny CPU `fit`/`validate`/`test` from configs/lin_alex.yaml on `data`, runs under `runs`."""
+    root = Path(__file__).resolve().parents[1]
+    return [
+        "--config",
+        str(root / "configs/lin_alex.yaml"),
+        "--model.pretrained",
+        "false",
+        "--data.path",
+        str(data),
+        "--data.val",
+        "[2afc/val/*, jnd/val/*]",
+        "--data.batch_size",
+        "4",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--runs_dir",
+        str(runs),
+        *extra,
+    ]
+
+
 def cpu_trainer(root=None, **overrides):
     """A quiet one-process CPU Trainer: no logger, checkpoints, progress bar or sanity check."""
     import pytorch_lightning as pl
@@ -136,7 +162,11 @@ def assert_refused(argv: list[str], capfd, *watch: Path, code: int = 2) -> str:
     assert "Traceback" not in out + err, f"traceback for {argv}:\n{out}\n{err}"
     assert status == code, f"exit status {status} for {argv}:\n{out}\n{err}"
     assert len(errors) == 1, f"expected one error line for {argv}, got:\n{err}"
-    noise = [line for line in err.splitlines() if line.strip() and "error:" not in line and not line.startswith(("usage:", " "))]
+    noise = [
+        line
+        for line in err.splitlines()
+        if line.strip() and "error:" not in line and not line.startswith(("usage:", " "))
+    ]
     assert not noise, f"more than the error line on stderr for {argv}:\n{err}"
     assert snapshot(*watch) == before, f"files changed by a refused {argv}"
     return errors[0]

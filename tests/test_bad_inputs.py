@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_refused, make_bapps, snapshot
+from conftest import assert_refused, make_bapps, snapshot, training_args
 
 from lpips_lightning import judgments
 from lpips_lightning.cli import main
@@ -26,25 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(runs: Path, data: Path, *extra: str) -> list[str]:
-    return [
-        "--config",
-        str(ROOT / "configs/lin_alex.yaml"),
-        "--model.pretrained",
-        "false",
-        "--data.path",
-        str(data),
-        "--data.batch_size",
-        "4",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--runs_dir",
-        str(runs),
-        *extra,
-    ]
+    return training_args(runs, data, *extra)
 
 
 def _rows(path: Path) -> list[dict]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import training_args
 
 from lpips_lightning.cli import main
 
@@ -20,28 +21,7 @@ OVERLAYS = {"ddp.yaml", "debug.yaml"}
 
 
 def _fit_args(tmp_path, data, *extra):
-    return [
-        "fit",
-        "--config",
-        str(ROOT / "configs/lin_alex.yaml"),
-        "--model.pretrained",
-        "false",
-        "--data.path",
-        str(data),
-        "--data.val",
-        "[2afc/val/*, jnd/val/*]",
-        "--data.batch_size",
-        "4",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--runs_dir",
-        str(tmp_path / "runs"),
-        *extra,
-    ]
+    return ["fit", *training_args(tmp_path / "runs", data, *extra)]
 
 
 def _metrics(run_dir: Path) -> list[dict]:

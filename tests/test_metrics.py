@@ -18,7 +18,11 @@ def numpy_voc_ap(d, same):
     order = np.argsort(d, kind="stable")
     s = same[order]
     tp, fp = np.cumsum(s), np.cumsum(1 - s)
-    rec, prec = tp / np.sum(s), tp / (tp + fp)
+    return voc_area(tp / np.sum(s), tp / (tp + fp))
+
+
+def voc_area(rec, prec):
+    """The original's voc_ap: area under the precision envelope."""
     mrec = np.concatenate(([0.0], rec, [1.0]))
     mpre = np.concatenate(([0.0], prec, [0.0]))
     for i in range(mpre.size - 1, 0, -1):
@@ -63,13 +67,7 @@ def numpy_voc_ap_thresholds(d, same):
     thresholds = np.unique(d)
     tp = np.array([same[d <= t].sum() for t in thresholds])
     fp = np.array([(1 - same[d <= t]).sum() for t in thresholds])
-    rec, prec = tp / same.sum(), tp / (tp + fp)
-    mrec = np.concatenate(([0.0], rec, [1.0]))
-    mpre = np.concatenate(([0.0], prec, [0.0]))
-    for i in range(mpre.size - 1, 0, -1):
-        mpre[i - 1] = max(mpre[i - 1], mpre[i])
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
+    return voc_area(tp / same.sum(), tp / (tp + fp))
 
 
 @pytest.mark.parametrize("seed", range(4))
