@@ -309,3 +309,35 @@ def test_subset_chart_is_labelled_with_chance_and_jnd():
     assert ax.get_xlabel() and "epoch 3" in ax.get_title()
     assert [t.get_text() for t in ax.get_yticklabels()] == ["2afc/cnn", "2afc/mean", "jnd/cnn"]
     assert any(list(line.get_xdata()) == [0.5, 0.5] for line in ax.get_lines())  # the chance line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "status"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_stops_fit_with_its_status_and_how_to_resume(trained, tmp_path, sig, status):
+    """Lightning exits 0 after SIGTERM and 1 after Ctrl-C; a stopped run must say so and how to resume."""
+    import signal
+
+    runs = tmp_path / "runs"
+    args = _args(runs, trained["data"], "--trainer.max_epochs", "100000", "--run_name", "long")
+    env = dict(os.environ, WANDB_MODE="disabled")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lpips_lightning.cli", "fit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.time() + 300
+        while not (runs / "long/last.ckpt").is_file() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err[-2000:]
+    assert "Traceback" not in err
+    assert "--ckpt_path last --run_name long" in err.strip().splitlines()[-1]
+    assert (runs / "long/last.ckpt").is_file() and _rows(runs / "long/metrics.csv")

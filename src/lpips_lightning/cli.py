@@ -155,6 +155,7 @@ def _cli_class():
             config = self.config[subcommand]
             check_accelerator(config.trainer, [str(getattr(f, "relative", f)) for f in config.get("config") or []])
             self.run = RunFolder(subcommand, config)
+            _ACTIVE[:] = [self]
             super()._parse_ckpt_path()
             for key, value in self.run.keep_options.items():
                 self.config[subcommand].model[key] = value
@@ -215,8 +216,44 @@ def _cli_class():
     return LPIPSCLI
 
 
+_ACTIVE: list = []  # the LightningCLI being run, to tell an interrupted run from other exits
+
+
+def _interrupted(done: SystemExit) -> KeyboardInterrupt | None:
+    """Lightning ends a run stopped by Ctrl-C with exit status 1 and one stopped by SIGTERM with 0.
+
+    Both become a `KeyboardInterrupt` (status 130 / 143) with a line on how to resume.
+    """
+    cli = _ACTIVE[0] if _ACTIVE else None
+    trainer = getattr(cli, "trainer", None)
+    if trainer is None or not trainer.interrupted:
+        return None
+    sigterm = type(done).__name__ == "SIGTERMException"
+    err = KeyboardInterrupt(
+        f"{'SIGTERM' if sigterm else 'Ctrl-C'} stopped the run in epoch {trainer.current_epoch}; "
+        + (
+            f"resume it with: lpips-lightning fit ... --ckpt_path last --run_name {cli.run.path.name}"
+            if cli.subcommand == "fit" and cli.run.path.parent == cli.run.runs_dir
+            else f"its folder: {cli.run.path}"
+        )
+    )
+    err.status = 143 if sigterm else 130
+    return err
+
+
 def run_training(argv: Sequence[str], run: bool = True):
     """Run LightningCLI (fit/validate/test) on `argv`; return the CLI object."""
+    _ACTIVE.clear()
+    try:
+        return _run_training(argv, run)
+    except SystemExit as done:
+        interrupted = _interrupted(done)
+        if interrupted is None:
+            raise
+        raise interrupted from None
+
+
+def _run_training(argv: Sequence[str], run: bool = True):
     import warnings
 
     from .callbacks import SaveConfig
@@ -292,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error_once(str(err))
         return 2
     except KeyboardInterrupt as err:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
         return getattr(err, "status", 130)
     except Exception as err:
         if type(err).__name__ != "MisconfigurationException":
