@@ -23,6 +23,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import stat
 import sys
@@ -404,12 +405,19 @@ def plan_source(source: str | os.PathLike, group: str | None = None) -> list[Gro
 
 # --- signals ----------------------------------------------------------------------------------
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM while packing; `status` is the exit status to return (128 + signal)."""
+    """Ctrl-C or SIGTERM while packing; `status` is the exit status to return (128 + signal).
+
+    No message: the CLI prints a bare ``interrupted`` (a KeyboardInterrupt with a message would
+    read ``interrupted: <message>``).
+    """
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
         self.status = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        super().__init__()
+
+    def __repr__(self) -> str:
+        return f"Interrupted({signal.Signals(self.signum).name})"
 
 
 class _Signals:
@@ -466,15 +474,31 @@ def _decode_many(tasks: list) -> list[tuple[np.ndarray, float]]:
     return [_decode(t) for t in tasks]
 
 
-def _worker(tasks, results) -> None:
-    """A decoding process: chunks of tasks in, ("ok", items) or ("error", exception) out, until EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent's to handle
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _drain(tasks, inbox: queue.SimpleQueue) -> None:
+    """Move chunks from the task pipe into `inbox` as soon as they arrive (None at the end)."""
     while True:
         try:
             chunk = tasks.recv()
         except (EOFError, OSError):
+            chunk = None
+        inbox.put(chunk)
+        if chunk is None:
             return
+
+
+def _worker(tasks, results) -> None:
+    """A decoding process: chunks of tasks in, ("ok", items) or ("error", exception) out, until EOF.
+
+    A thread takes the tasks off their pipe at once: while this process waits for the parent to
+    read a result larger than a pipe holds, the parent must never wait to hand it a task (a
+    deadlock as soon as more tasks are in flight than the pipe holds).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_drain, args=(tasks, inbox), daemon=True, name="pack-tasks").start()
+    while True:
+        chunk = inbox.get()
         if chunk is None:
             return
         try:
