@@ -53,8 +53,9 @@ def _npy(value: float) -> bytes:
     return buffer.getvalue()
 
 
-def _write_tar_gz(path: Path, files: dict[str, bytes], rng: np.random.Generator) -> None:
-    """A gzip'd tar of `files` (member name -> bytes) with directory entries, members shuffled, mtime 0."""
+def _write_tar_gz(path: Path, files: dict[str, bytes], rng: np.random.Generator, shuffle: bool = True) -> None:
+    """A gzip'd tar of `files` (member name -> bytes) with directory entries, members shuffled (or in
+    folder order, as ``tar czf`` stores a tree), mtime 0."""
     folders = sorted({str(Path(name).parents[i]) for name in files for i in range(len(Path(name).parts) - 1)})
     with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -63,14 +64,19 @@ def _write_tar_gz(path: Path, files: dict[str, bytes], rng: np.random.Generator)
                 info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
                 tar.addfile(info)
             names = list(files)
-            for i in rng.permutation(len(names)):
+            for i in rng.permutation(len(names)) if shuffle else np.argsort(names, kind="stable"):
                 info = tarfile.TarInfo(names[i])
                 info.size, info.mode, info.mtime = len(files[names[i]]), 0o644, 0
                 tar.addfile(info, io.BytesIO(files[names[i]]))
 
 
-def build_bapps_archives(folder: str | Path, n: int = 3, size: int = 16, seed: int = 0) -> dict:
+def build_bapps_archives(
+    folder: str | Path, n: int = 3, size: int = 16, seed: int = 0, shuffle: bool = True, top: str = ""
+) -> dict:
     """Write the three BAPPS archives into `folder`.
+
+    `shuffle=False` stores the members folder after folder; `top` goes before every member name
+    (``"./"``, ``"dataset/"``: the variants a re-packed archive may have).
 
     Returns ``{"archives": {part: path}, "groups": {group: {field: array}}}`` where groups are
     named as in the judgments file (``2afc/train/cnn``, ``jnd/val/traditional``) and hold, in
@@ -85,7 +91,7 @@ def build_bapps_archives(folder: str | Path, n: int = 3, size: int = 16, seed: i
         kind, name = split.split("/")
         images, target = (("ref", "p0", "p1"), "judge") if kind == "2afc" else (("p0", "p1"), "same")
         part = name if kind == "2afc" else "jnd"
-        prefix = name if kind == "2afc" else "jnd/val"  # the archives' own top folders
+        prefix = top + (name if kind == "2afc" else "jnd/val")  # the archives' own top folders
         for subset in subsets:
             data = {f: rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8) for f in images}
             values = rng.random(n).astype(np.float32)
@@ -98,7 +104,7 @@ def build_bapps_archives(folder: str | Path, n: int = 3, size: int = 16, seed: i
     archives = {}
     for part, filename in ARCHIVES.items():
         archives[part] = folder / filename
-        _write_tar_gz(archives[part], members[part], rng)
+        _write_tar_gz(archives[part], members[part], rng, shuffle)
     return {"archives": archives, "groups": groups}
 
 

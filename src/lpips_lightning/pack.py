@@ -1,4 +1,4 @@
-"""Pack BAPPS folders or a CSV of custom judgments into one judgments file.
+"""Pack BAPPS (folders or the downloaded archives) or a CSV of custom judgments into one judgments file.
 
 ``lpips-lightning pack SOURCE OUT.h5 [--size 64] [--workers N] [--group G] [--overwrite]``
 
@@ -7,6 +7,26 @@ stems, CSV columns and values, the output's folder, an output that is one of the
 images and ``.npy`` judgments are checked as they are decoded, in parallel, and streamed
 into the file in blocks. The output appears under its name only when complete
 (`judgments.write`, through `outputs.atomic_output`).
+
+Archives (SOURCE a folder holding any of ``twoafc_train.tar.gz``, ``twoafc_val.tar.gz``,
+``jnd.tar.gz``, or one ``.tar.gz``/``.tgz``/``.tar``) are read as they are, never unpacked,
+in two streaming passes over each:
+
+1. index (`plan_archives`): every tar header, to the end of the file. Members are checked
+   (none may land outside the folder it would be extracted into: no absolute path, no ``..``,
+   no link; no device or FIFO), placed in the layout (``train/<subset>/{ref,p0,p1,judge}/``,
+   ``val/<subset>/...``, ``jnd/<split>/<subset>/{p0,p1,same}/``, or ``2afc/<split>/...``; a
+   leading ``./`` or ``dataset/`` skipped; anything else ignored, as in a folder) and paired
+   by stem exactly as files are (`_paired_stems`); where each member's data lies in the tar
+   stream is kept in flat arrays (about 40 bytes a member). A damaged archive (cut short, bad
+   gzip checksum, a damaged header), a wrong layout, bad pairing: refused here, before the
+   output is created.
+2. pack (`_write_archives`): the stream again, decompressed and cut at those offsets (no
+   header parsed twice); each member's bytes go to a decoding worker, and its image straight
+   into its row of the group (datasets hold one image per chunk). Memory: the index, and the
+   members in flight (a few MB a worker); nothing is extracted or written anywhere but the
+   output. The file is the one packing the unpacked tree gives (same groups, arrays, names;
+   ``source`` reads ``ARCHIVE:PREFIX``).
 
 Ctrl-C and SIGTERM are recorded while packing and acted on between blocks and before the
 final rename: the temporary file is removed, the output is left as it was, and the command
@@ -18,21 +38,27 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import io
 import math
 import multiprocessing
 import os
 import pickle
+import posixpath
 import queue
 import signal
 import stat
 import sys
+import tarfile
 import threading
+import zlib
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import connection as mp_connection
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -77,14 +103,19 @@ def _to_8bit(values: np.ndarray) -> np.ndarray:
     return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _sixteen_bit_colour(path: str | os.PathLike, high: np.ndarray, raw: str) -> np.ndarray:
+def _open_image(source: str | os.PathLike | bytes) -> Image.Image:
+    """PIL's lazy open of a file, or of an image's encoded bytes (an archive member)."""
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def _sixteen_bit_colour(source: str | os.PathLike | bytes, high: np.ndarray, raw: str) -> np.ndarray:
     """RGB uint8 of a 16-bit colour image PIL decoded to `high` (its high bytes), correctly rounded.
 
-    Decodes the file again with the low bytes; if PIL cannot, the high bytes stand (within one
+    Decodes the image again with the low bytes; if PIL cannot, the high bytes stand (within one
     level of the rounded value, never clipped).
     """
     try:
-        with Image.open(path) as im:
+        with _open_image(source) as im:
             im.tile = [(*t[:3], _swap_raw(t[3])) for t in im.tile]
             im.load()
             low = np.array(im)
@@ -104,8 +135,11 @@ def _swap_raw(args):
     return (_LOW_BYTES[args[0]], *args[1:])
 
 
-def _rgb8(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
-    """Any decodable image as RGB uint8 (H, W, 3), 16-bit samples scaled (not clipped) to 8 bits."""
+def _rgb8(im: Image.Image, source: str | os.PathLike | bytes, path: str | os.PathLike) -> np.ndarray:
+    """Any decodable image as RGB uint8 (H, W, 3), 16-bit samples scaled (not clipped) to 8 bits.
+
+    `source` is what `im` was opened from (to decode it again), `path` its name in messages.
+    """
     raws = _rawmodes(im)
     mode = im.mode
     if mode in _SIXTEEN_BIT_GRAY or (
@@ -132,19 +166,22 @@ def _rgb8(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
     except ValueError as err:  # e.g. LAB, HSV
         raise PackError(f"{path}: cannot convert PIL mode {mode} to RGB ({err})") from None
     if colour16 is not None:
-        rgb = _sixteen_bit_colour(path, rgb, colour16)
+        rgb = _sixteen_bit_colour(source, rgb, colour16)
     return rgb
 
 
-def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+def load_image(path: str | os.PathLike | bytes, size: int | None = None, name: str | None = None) -> np.ndarray:
     """Decode an image to RGB uint8 (H, W, 3), resized to size x size (PIL bilinear) when given.
 
-    16-bit images (PNG, TIFF, PGM/PPM; gray or colour) are scaled to 8 bits (value * 255 / 65535,
-    rounded); 32-bit integer and floating-point images are refused. The array is writable.
+    `path` is a file, or the encoded bytes of one (an archive member; `name` names it in
+    messages). 16-bit images (PNG, TIFF, PGM/PPM; gray or colour) are scaled to 8 bits
+    (value * 255 / 65535, rounded); 32-bit integer and floating-point images are refused. The
+    array is writable.
     """
+    source, path = path, name or path
     try:
-        with Image.open(path) as im:
-            rgb = _rgb8(im, path)
+        with _open_image(source) as im:
+            rgb = _rgb8(im, source, path)
         if size and rgb.shape[:2] != (size, size):
             rgb = np.array(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
         return rgb
@@ -158,10 +195,11 @@ def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
         raise PackError(f"{path}: image does not decode ({type(err).__name__})") from None
 
 
-def load_fraction(path: str | os.PathLike) -> float:
-    """Read a BAPPS judgment: a ``.npy`` holding one finite number in [0, 1]."""
+def load_fraction(path: str | os.PathLike | bytes, name: str | None = None) -> float:
+    """Read a BAPPS judgment: a ``.npy`` holding one finite number in [0, 1] (a file, or its bytes named `name`)."""
+    source, path = path, name or path
     try:
-        value = np.load(path, allow_pickle=False)
+        value = np.load(io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False)
     except Exception as err:
         raise PackError(f"{path}: not a readable .npy judgment ({type(err).__name__})") from None
     if not isinstance(value, np.ndarray) or value.size != 1 or value.dtype.kind not in "fiub":
@@ -182,7 +220,11 @@ def check_fraction(value: float, where: str) -> float:
 
 @dataclass
 class GroupPlan:
-    """One group to write: its items, each a tuple of image paths and a judgment (or its .npy path)."""
+    """One group to write: its items, each a tuple of image paths and a judgment (or its .npy path).
+
+    A group read from an archive (`archive` set) lists no paths: its items are the sorted
+    `names` (stems), and its members lie where the archive's index says.
+    """
 
     group: str
     source: str
@@ -190,9 +232,18 @@ class GroupPlan:
     targets: list[float | str] = field(default_factory=list)
     votes: list[int] | None = None
     names: list[str] | None = None
+    archive: _Archive | None = None
+
+    @property
+    def n(self) -> int:
+        """The number of items."""
+        return len(self.names or ()) if self.archive else len(self.images)
 
     def files(self) -> Iterator[str]:
-        """Every file this group reads: images and ``.npy`` judgments."""
+        """Every file this group reads: images and ``.npy`` judgments, or its archive."""
+        if self.archive:
+            yield str(self.archive.path)
+            return
         for images in self.images:
             yield from images
         yield from (t for t in self.targets if isinstance(t, str))
@@ -211,6 +262,39 @@ def _stems(folder: Path, extensions: set[str]) -> dict[str, Path]:
     return found
 
 
+def _check_subset(where: str, group: str, present: Iterable[str]) -> None:
+    """Refuse a subset that lacks one of its kind's folders, or whose names make no group name."""
+    kind = judgments.kind_of(group)
+    folders = FOLDERS[kind]
+    missing = [f for f in folders if f not in set(present)]
+    if missing:
+        raise PackError(
+            f"{where}: missing sub-folder(s) {', '.join(missing)} (a {kind} subset needs {', '.join(folders)})"
+        )
+    if not judgments.GROUP_RE.match(group):
+        raise PackError(
+            f"{where}: folder names become the group name {group!r}, which may hold only letters, "
+            "digits, '_', '-' and '.'; rename the folder"
+        )
+
+
+def _paired_stems(where: str, kind: str, per_folder: dict[str, dict], label: Callable[[str], str]) -> list[str]:
+    """The sorted stems of a subset whose every folder holds a file for every stem; else `PackError`."""
+    folders = FOLDERS[kind]
+    all_stems = set().union(*per_folder.values())
+    for f in folders:
+        lacking = sorted(all_stems - set(per_folder[f]))
+        if lacking:
+            other = next(o for o in folders if lacking[0] in per_folder[o])
+            raise PackError(
+                f"{label(f)}: no file for stem {lacking[0]} (present in {other}/)"
+                + (f" and {len(lacking) - 1} more stems" if len(lacking) > 1 else "")
+            )
+    if not all_stems:
+        raise PackError(f"{where}: the {kind} subset is empty")
+    return sorted(all_stems)
+
+
 def plan_bapps(root: Path) -> list[GroupPlan]:
     """Every ``<kind>/<split>/<subset>`` folder under a BAPPS root, its files paired by stem."""
     plans = []
@@ -219,33 +303,10 @@ def plan_bapps(root: Path) -> list[GroupPlan]:
             continue
         for split in sorted(p for p in (root / kind).iterdir() if p.is_dir()):
             for subset in sorted(p for p in split.iterdir() if p.is_dir()):
-                missing = [f for f in folders if not (subset / f).is_dir()]
-                if missing:
-                    raise PackError(
-                        f"{subset}: missing sub-folder(s) {', '.join(missing)} (a {kind} subset needs "
-                        f"{', '.join(folders)})"
-                    )
                 group = f"{kind}/{split.name}/{subset.name}"
-                if not judgments.GROUP_RE.match(group):
-                    raise PackError(
-                        f"{subset}: folder names become the group name {group!r}, which may hold only letters, "
-                        "digits, '_', '-' and '.'; rename the folder"
-                    )
-                per_folder = {
-                    f: _stems(subset / f, {".npy"} if f in ("judge", "same") else IMAGE_EXTENSIONS) for f in folders
-                }
-                all_stems = set().union(*per_folder.values())
-                for f, stems in per_folder.items():
-                    lacking = sorted(all_stems - set(stems))
-                    if lacking:
-                        other = next(o for o in folders if lacking[0] in per_folder[o])
-                        raise PackError(
-                            f"{subset / f}: no file for stem {lacking[0]} (present in {other}/)"
-                            + (f" and {len(lacking) - 1} more stems" if len(lacking) > 1 else "")
-                        )
-                if not all_stems:
-                    raise PackError(f"{subset}: the {kind} subset is empty")
-                stems = sorted(all_stems)
+                _check_subset(str(subset), group, [f for f in folders if (subset / f).is_dir()])
+                per_folder = {f: _stems(subset / f, _extensions(f)) for f in folders}
+                stems = _paired_stems(str(subset), kind, per_folder, lambda f, subset=subset: str(subset / f))
                 plan = GroupPlan(group, str(subset), names=stems)
                 image_folders, target_folder = folders[:-1], folders[-1]
                 for s in stems:
@@ -382,8 +443,445 @@ def plan_csv(path: Path, group: str | None = None) -> list[GroupPlan]:
     return [plan]
 
 
-def plan_source(source: str | os.PathLike, group: str | None = None) -> list[GroupPlan]:
-    """What `pack` would write for SOURCE: a BAPPS root folder or a CSV file."""
+# --- archives ---------------------------------------------------------------------------------
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+READ_BYTES = 1 << 20
+MEMBER_CHUNK = 32  # archive members per message to a decoding worker, at most ...
+MEMBER_CHUNK_BYTES = 4 << 20  # ... and about this many encoded bytes
+END_OF_ARCHIVE = 512  # a tar ends with NUL blocks (two, by the standard; at least one here)
+
+
+def bapps_archives() -> tuple[str, ...]:
+    """The archive names a SOURCE folder is searched for (``lpips-lightning download bapps``'s), in order."""
+    from .download import DATASETS
+
+    return tuple(DATASETS["bapps"].values())
+
+
+def _shown(name: str) -> str:
+    """An archive member's name for a message: quoted when it holds odd characters, cut when long."""
+    text = name if name and name.isprintable() and name.strip() == name else repr(name)
+    return text if len(text) <= 200 else f"{text[:120]}...{text[-60:]}"
+
+
+@dataclass(eq=False)
+class _Archive:
+    """An indexed archive: where the data of each member to decode lies in its (decompressed) tar stream.
+
+    Members are kept in archive order, in flat arrays (BAPPS has 600,000): `offsets` and `sizes`
+    of their data, `suffixes` of their names (shared strings); once the subsets are paired,
+    `group`, `folder` and `row` say where each goes (the plan's index, its folder's index in
+    `FOLDERS`, the item).
+    """
+
+    path: Path
+    stamp: tuple[int, int]  # (size, mtime) when indexed: pass 2 refuses a changed file
+    offsets: array = field(default_factory=lambda: array("q"))
+    sizes: array = field(default_factory=lambda: array("q"))
+    suffixes: list[str] = field(default_factory=list)
+    group: array = field(default_factory=lambda: array("i"))
+    folder: array = field(default_factory=lambda: array("b"))
+    row: array = field(default_factory=lambda: array("i"))
+    prefixes: dict[int, str] = field(default_factory=dict)  # plan index -> the subset's path in the archive
+
+
+class _Progress(io.RawIOBase):
+    """A readable file that reports every byte read to a progress bar."""
+
+    def __init__(self, fh, bar) -> None:
+        self.fh, self.bar = fh, bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.fh.readinto(buffer)
+        if n:
+            self.bar.update(n)
+        return n
+
+
+class _Tail:
+    """The tar stream as tarfile reads it: its bytes counted, the last ones (at least `KEEP`) kept.
+
+    Stream-mode tarfile takes a damaged header, or a stream that ends at a header, for the end
+    of the archive; the bytes from there on must be the end-of-archive NULs, and this is where
+    they are found.
+    """
+
+    KEEP = 1 << 20
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.delivered = 0
+        self.kept: deque[bytes] = deque()
+        self.held = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        if data:
+            self.delivered += len(data)
+            self.kept.append(data)
+            self.held += len(data)
+            while self.held - len(self.kept[0]) >= self.KEEP:
+                self.held -= len(self.kept.popleft())
+        return data
+
+    def since(self, offset: int) -> bytes | None:
+        """The bytes delivered from stream position `offset` on; None when no longer kept."""
+        n = self.delivered - offset
+        if not 0 <= n <= self.held:
+            return None
+        return b"".join(self.kept)[self.held - n :] if n else b""
+
+
+def _damaged(path: Path, reached: str | None, reading: bool, gzipped: bool, err: BaseException) -> PackError:
+    if isinstance(err, EOFError) or "unexpected end of data" in str(err):
+        detail = "the file ends early"
+    elif isinstance(err, zlib.error):
+        detail = f"corrupt compressed data: {err}"
+    else:
+        detail = str(err) or type(err).__name__
+    if reached is None and isinstance(err, tarfile.ReadError):
+        if not gzipped:
+            return PackError(f"{path}: not a .tar.gz archive (neither gzip-compressed nor a tar file: {detail})")
+        return PackError(f"{path}: gzip-compressed, but no tar archive inside ({detail})")
+    if isinstance(err, gzip.BadGzipFile) and ("CRC check" in detail or "length" in detail):
+        return PackError(
+            f"{path}: damaged (its gzip checksum does not match: {detail}); delete it and download it again"
+        )
+    where = "before its first member" if reached is None else f"{'in' if reading else 'after'} member {_shown(reached)}"
+    return PackError(f"{path}: damaged or cut short {where} ({detail}); delete it and download it again")
+
+
+_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+def _open_stream(fh, bar):
+    """The tar stream of an open archive file, through gzip when it is gzip-compressed; and whether it is."""
+    raw = io.BufferedReader(_Progress(fh, bar), READ_BYTES)
+    gzipped = raw.peek(2)[:2] == b"\x1f\x8b"
+    return (gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw), gzipped
+
+
+def _open_archive(path: Path):
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise PackError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
+
+
+def _members(path: Path, bar) -> Iterator[tarfile.TarInfo]:
+    """Every member of the tar or tar.gz `path`, in order (pass 1: their headers, not their data).
+
+    One streaming pass (tarfile's ``r|``): nothing is extracted or written anywhere. A file
+    that is not gzip or tar, is cut short or damaged raises `PackError` naming it and the
+    member reached: the gzip checksum is checked at the end, and what follows the last member
+    must be the end-of-archive NULs.
+    """
+    reached, gzipped = None, False
+    with _open_archive(path) as fh:
+        try:
+            stream, gzipped = _open_stream(fh, bar)
+            tail = _Tail(stream)
+            tar = tarfile.open(fileobj=tail, mode="r|")
+            while (info := tar.next()) is not None:
+                tar.members.clear()  # stream mode keeps every TarInfo: 600,000 of them for BAPPS
+                reached = info.name
+                yield info
+            rest = tail.since(tar.offset)
+            if rest is None:  # (cannot happen: tarfile reads a record ahead at most)
+                raise tarfile.ReadError("lost track of the end of the archive")
+            ended = len(rest)
+            while rest:
+                if rest.strip(b"\0"):
+                    raise tarfile.ReadError("a damaged tar header")
+                rest = stream.read(READ_BYTES)  # to the end: the gzip checksum and length are checked
+                ended += len(rest)
+            if ended < END_OF_ARCHIVE:
+                raise EOFError
+        except _READ_ERRORS as err:
+            raise _damaged(path, reached, False, gzipped, err) from None
+
+
+def _cut(archive: _Archive, bar, name: Callable[[int], str]) -> Iterator[tuple[int, bytes]]:
+    """Pass 2: the data of every indexed member of `archive`, ``(k, bytes)``, cut from the decompressed stream.
+
+    No tar header is parsed again: the data lie where pass 1 found them (`archive.stamp` refuses a
+    file changed since). Read to the end, so that the gzip checksum is checked again.
+    """
+    _check_unchanged(archive)
+    k, gzipped, reading = -1, False, False
+    with _open_archive(archive.path) as fh:
+        try:
+            stream, gzipped = _open_stream(fh, bar)
+            pos = 0
+            for k, (offset, size) in enumerate(zip(archive.offsets, archive.sizes)):
+                while pos < offset:  # headers, padding, members not read
+                    skipped = len(stream.read(min(offset - pos, READ_BYTES)))
+                    if not skipped:
+                        raise EOFError
+                    pos += skipped
+                reading = True
+                data = stream.read(size)
+                if len(data) != size:
+                    raise EOFError
+                pos += size
+                reading = False
+                yield k, data
+            while stream.read(READ_BYTES):
+                pass
+        except _READ_ERRORS as err:
+            raise _damaged(archive.path, name(k) if k >= 0 else None, reading, gzipped, err) from None
+    _check_unchanged(archive)
+
+
+def _check_unchanged(archive: _Archive) -> None:
+    try:
+        st = archive.path.stat()
+    except OSError as err:
+        raise PackError(f"{archive.path}: cannot read ({err.strerror or type(err).__name__})") from None
+    if (st.st_size, st.st_mtime_ns) != archive.stamp:
+        raise PackError(f"{archive.path}: changed while it was being packed (its size or time); run pack again")
+
+
+def _locate(name: str) -> tuple[str, str, list[str], list[str]] | None:
+    """Where an archive member belongs: (kind, split, the path below the split, the path down to it).
+
+    ``train/<subset>/...`` and ``val/<subset>/...`` (the 2AFC archives) are 2afc's;
+    ``jnd/<split>/...`` (the JND archive) and ``2afc/<split>/...`` as in the unpacked tree; a
+    leading ``./`` or ``dataset/`` is skipped. None: outside the BAPPS layout.
+    """
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    skip = 1 if parts[:1] == ["dataset"] else 0
+    top = parts[skip : skip + 1]
+    if top in (["train"], ["val"]):
+        return "2afc", top[0], parts[skip + 1 :], parts[: skip + 1]
+    if top and top[0] in FOLDERS and len(parts) > skip + 1:
+        return top[0], parts[skip + 1], parts[skip + 2 :], parts[: skip + 2]
+    return None
+
+
+def _check_member(path: Path, info: tarfile.TarInfo) -> None:
+    """Refuse a member that would land outside the folder it is extracted into, a link, a device, a FIFO."""
+    name, why = info.name, None
+    shown = _shown(name)
+    if name.startswith("/") or os.path.isabs(name):
+        why = "an absolute path"
+    elif ".." in name.split("/"):
+        why = "'..' in its path"
+    elif info.issym() or info.islnk():
+        kind = "symbolic" if info.issym() else "hard"
+        base = posixpath.dirname(name) if info.issym() else ""
+        target = posixpath.normpath(posixpath.join(base, info.linkname))
+        if info.linkname.startswith("/") or target == ".." or target.startswith("../"):
+            why = f"a {kind} link to {_shown(info.linkname)}"
+        else:
+            raise PackError(f"{path}: member {shown} is a {kind} link; pack reads only files and folders from archives")
+    if why:
+        raise PackError(f"{path}: member {shown} would land outside the folder it is extracted into ({why}); refused")
+    if info.ischr() or info.isblk() or info.isfifo():
+        what = "a FIFO" if info.isfifo() else "a device file"
+        raise PackError(f"{path}: member {shown} is {what}; pack reads only files and folders from archives")
+    if not (info.isreg() or info.isdir()):
+        raise PackError(
+            f"{path}: member {shown} is of tar type {info.type!r}; pack reads only files and folders from archives"
+        )
+
+
+@dataclass
+class _Subset:
+    """A subset found in an archive: its folders, each ``stem -> the member's index in the archive``."""
+
+    group: str
+    kind: str
+    archive: _Archive
+    prefix: str  # its path in the archive, e.g. train/cnn
+    folders: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _index_member(subsets: dict[str, _Subset], archive: _Archive, info: tarfile.TarInfo) -> None:
+    """Note where one member belongs, as a folder listing would (the rest of the archive is ignored)."""
+    _check_member(archive.path, info)
+    place = _locate(info.name)
+    if place is None:
+        return
+    kind, split, rest, head = place
+    if not rest or (len(rest) == 1 and not info.isdir()):
+        return  # the split's folder, or a file beside its subsets
+    group = f"{kind}/{split}/{rest[0]}"
+    sub = subsets.get(group)
+    if sub is None:
+        sub = subsets[group] = _Subset(group, kind, archive, "/".join([*head, rest[0]]))
+    elif sub.archive is not archive:
+        raise PackError(
+            f"{archive.path}: {sub.prefix} ({group}) is in {sub.archive.path} too; keep one of the two archives"
+        )
+    if len(rest) < 2 or rest[1] not in FOLDERS[kind]:
+        return
+    folder = rest[1]
+    if len(rest) == 2:
+        if info.isdir():
+            sub.folders.setdefault(folder, {})
+        return
+    files = sub.folders.setdefault(folder, {})
+    if len(rest) > 3 or not info.isreg():
+        return  # a sub-folder or what is in it
+    filename = rest[2]
+    stem, suffix = _stem_suffix(filename)
+    if suffix.lower() not in _extensions(folder):
+        return
+    stem = sys.intern(stem)  # BAPPS stems repeat in every folder and subset
+    if stem in files:
+        first = stem + archive.suffixes[files[stem]]
+        if first == filename:
+            raise PackError(f"{archive.path}: member {_shown(info.name)} appears twice in the archive")
+        first, second = sorted((first, filename))
+        raise PackError(f"{archive.path}: {sub.prefix}/{folder}: two files with stem {stem!r} ({first}, {second})")
+    files[stem] = len(archive.offsets)
+    archive.offsets.append(info.offset_data)
+    archive.sizes.append(info.size)
+    archive.suffixes.append(sys.intern(suffix))
+
+
+def _extensions(folder: str) -> set[str]:
+    return {".npy"} if folder in ("judge", "same") else IMAGE_EXTENSIONS
+
+
+def _stem_suffix(filename: str) -> tuple[str, str]:
+    """`Path(filename).stem` and `.suffix`, without pathlib's cost (600,000 members)."""
+    i = filename.rfind(".")
+    return (filename[:i], filename[i:]) if 0 < i < len(filename) - 1 else (filename, "")
+
+
+def plan_archives(archives: Sequence[str | os.PathLike], progress: bool = False) -> list[GroupPlan]:
+    """Every subset inside the BAPPS archives, its members paired by stem, as `plan_bapps` pairs files.
+
+    Pass 1: reads each archive once to its end (streaming, headers only, nothing extracted), so
+    that every problem of layout and pairing, and a damaged archive, is found before anything is
+    written; notes where each member's data lies for pass 2 (`_write_archives`).
+    """
+    from tqdm import tqdm
+
+    subsets: dict[str, _Subset] = {}
+    indexed = []
+    for a in archives:
+        path = Path(a)
+        try:
+            st = path.stat()
+        except OSError as err:
+            raise PackError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
+        indexed.append(_Archive(path, (st.st_size, st.st_mtime_ns)))
+    total = sum(a.stamp[0] for a in indexed)
+    with tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc="index", leave=False) as bar:
+        for archive in indexed:
+            bar.set_description(f"index {archive.path.name}")
+            first = None
+            for info in _members(archive.path, bar):
+                first = first or info.name
+                _index_member(subsets, archive, info)
+            if not any(sub.archive is archive for sub in subsets.values()):
+                found = f"its first member is {_shown(first)}" if first else "it holds no members"
+                raise PackError(
+                    f"{archive.path}: no BAPPS subsets inside (expected train/<subset>/..., val/<subset>/... or "
+                    f"jnd/<split>/<subset>/...; {found})"
+                )
+    plans = []
+    order = list(FOLDERS)
+    for archive in indexed:
+        n = len(archive.offsets)
+        archive.group, archive.folder, archive.row = array("i", [0]) * n, array("b", [0]) * n, array("i", [0]) * n
+    for group in sorted(subsets, key=lambda g: (order.index(judgments.kind_of(g)), *g.split("/")[1:])):
+        sub = subsets[group]
+        where = f"{sub.archive.path}: {sub.prefix}"
+        _check_subset(where, group, sub.folders)
+        stems = _paired_stems(where, sub.kind, sub.folders, lambda f, where=where: f"{where}/{f}")
+        rows = {stem: row for row, stem in enumerate(stems)}
+        archive = sub.archive
+        for f, files in sub.folders.items():
+            fi = FOLDERS[sub.kind].index(f)
+            for stem, k in files.items():
+                archive.group[k], archive.folder[k], archive.row[k] = len(plans), fi, rows[stem]
+        archive.prefixes[len(plans)] = sub.prefix
+        plans.append(GroupPlan(group, f"{archive.path}:{sub.prefix}", names=stems, archive=archive))
+        sub.folders.clear()
+    return plans
+
+
+def _write_archives(writer, plans: list[GroupPlan], decoder: _Decoder, size: int, check, bar) -> None:
+    """Pass 2: fill the groups of `plans` from their archives, read again: each member straight to its row."""
+    datasets, targets, filled = [], [], []
+    for plan in plans:
+        kind = judgments.kind_of(plan.group)
+        g = writer.create_group(plan.group, plan.n, (size, size), plan.source, names=True)
+        writer.fill(g, 0, {"names": np.array(plan.names, dtype=object)})
+        datasets.append((g, [_RowWriter(g[key]) for key in judgments.image_keys(kind)]))
+        targets.append(np.zeros(plan.n, np.float32))
+        filled.append(np.zeros((plan.n, len(FOLDERS[kind])), bool))
+    ahead = max(2, min(4 * max(1, len(decoder.procs)), IN_FLIGHT_BYTES // MEMBER_CHUNK_BYTES))
+    for archive in dict.fromkeys(plan.archive for plan in plans):
+        bar.set_description(f"pack {archive.path.name}")
+
+        def name(k: int, archive=archive) -> str:
+            i = archive.group[k]
+            folder = FOLDERS[judgments.kind_of(plans[i].group)][archive.folder[k]]
+            return f"{archive.prefixes[i]}/{folder}/{plans[i].names[archive.row[k]]}{archive.suffixes[k]}"
+
+        def tasks(archive=archive, name=name) -> Iterator[_MemberTask]:
+            for k, data in _cut(archive, bar, name):
+                i, f = archive.group[k], archive.folder[k]
+                image = f < len(FOLDERS[judgments.kind_of(plans[i].group)]) - 1
+                yield _MemberTask(data, f"{archive.path}: {_shown(name(k))}", image, size, (i, f, archive.row[k]))
+
+        members = tasks()
+        try:
+            for (i, f, row), value in decoder.decoded_chunks(_chunks(members, MEMBER_CHUNK, MEMBER_CHUNK_BYTES), ahead):
+                filled[i][row, f] = True
+                if isinstance(value, np.ndarray):
+                    datasets[i][1][f].put(row, value)
+                else:
+                    targets[i][row] = value
+                check()
+        finally:
+            members.close()
+    for i, plan in enumerate(plans):
+        if not filled[i].all():  # (cannot happen: pass 1 paired every stem)
+            raise PackError(f"{plan.source}: not every member was found again; run pack again")
+        writer.fill(datasets[i][0], 0, {judgments.TARGET[judgments.kind_of(plan.group)]: targets[i]})
+
+
+class _RowWriter:
+    """Writes one image at a time into a dataset of one image per chunk (straight into its chunk when it can)."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+        self.direct = ds.chunks == (1, *ds.shape[1:]) and ds.id.get_create_plist().get_nfilters() == 0
+
+    def put(self, row: int, image: np.ndarray) -> None:
+        if self.direct:  # 20 us instead of 170 for ds[row] = image
+            self.ds.id.write_direct_chunk((row, 0, 0, 0), np.ascontiguousarray(image, np.uint8).tobytes())
+        else:
+            self.ds[row] = image
+
+
+def _named_archives(source: Path) -> list[Path]:
+    """The archives SOURCE names before any is read: itself (an archive file), or those its folder holds."""
+    try:
+        if source.name.lower().endswith(ARCHIVE_SUFFIXES) and source.is_file():
+            return [source]
+        if source.is_dir() and not any((source / k).is_dir() for k in FOLDERS):
+            return [source / name for name in bapps_archives() if (source / name).is_file()]
+    except OSError:
+        pass
+    return []
+
+
+def plan_source(source: str | os.PathLike, group: str | None = None, progress: bool = False) -> list[GroupPlan]:
+    """What `pack` would write for SOURCE: a BAPPS root folder, BAPPS archives or a CSV file.
+
+    Archives (a folder holding any of `bapps_archives`, or one ``.tar.gz``/``.tgz``/``.tar``) are
+    read once here, to their end (`plan_archives`; `progress`: a bar of the bytes read).
+    """
     source = Path(source)
     try:
         if not source.exists():
@@ -394,13 +892,41 @@ def plan_source(source: str | os.PathLike, group: str | None = None) -> list[Gro
             if not source.is_file():
                 raise PackError(f"{source}: not a regular file")
             return plan_csv(source, group)
-        if source.is_dir() and any((source / k).is_dir() for k in FOLDERS):
+        if source.name.lower().endswith(ARCHIVE_SUFFIXES) and not source.is_dir():
+            if not source.is_file():
+                raise PackError(f"{source}: not a regular file")
+            archives = [source]
+        elif source.is_dir():
+            tree = [k for k in FOLDERS if (source / k).is_dir()]
+            archives = [source / name for name in bapps_archives() if (source / name).is_file()]
+            if tree and archives:
+                raise PackError(
+                    f"{source}: holds both an unpacked BAPPS tree ({', '.join(k + '/' for k in tree)}) and archives "
+                    f"({', '.join(a.name for a in archives)}); pass the archive itself, or move the tree to a folder "
+                    "of its own"
+                )
+            if tree:
+                if group:
+                    raise PackError(f"{source}: --group applies to a CSV source; BAPPS subsets keep their own names")
+                return plan_bapps(source)
+            partial = [name for name in bapps_archives() if (source / f".{name}.part").is_file()]
+            if not archives and partial:
+                raise PackError(
+                    f"{source}: {partial[0]} is only partly downloaded (.{partial[0]}.part); run "
+                    f"`lpips-lightning download bapps {source}` again to finish it"
+                )
+        else:
+            archives = []
+        if archives:
             if group:
                 raise PackError(f"{source}: --group applies to a CSV source; BAPPS subsets keep their own names")
-            return plan_bapps(source)
+            return plan_archives(archives, progress)
     except OSError as err:  # unreadable folders or files, names too long, ...
         raise PackError(f"{err.filename or source}: cannot read ({err.strerror or type(err).__name__})") from None
-    raise PackError(f"{source}: neither a BAPPS root (a folder holding 2afc/ or jnd/) nor a .csv file")
+    raise PackError(
+        f"{source}: neither a BAPPS root (a folder holding 2afc/ or jnd/), a folder of BAPPS archives "
+        f"({', '.join(bapps_archives())}), a .tar.gz archive nor a .csv file"
+    )
 
 
 # --- signals ----------------------------------------------------------------------------------
@@ -470,8 +996,44 @@ def _decode(task: tuple[tuple[str, ...], float | str, int]) -> tuple[np.ndarray,
     return images, value
 
 
-def _decode_many(tasks: list) -> list[tuple[np.ndarray, float]]:
-    return [_decode(t) for t in tasks]
+class _MemberTask(NamedTuple):
+    """One archive member to decode: its bytes, its name for messages, image or judgment, and where it goes."""
+
+    data: bytes
+    name: str
+    image: bool
+    size: int
+    tag: tuple[int, int, int]  # (group index, folder index, row)
+
+
+def _decode_member(task: _MemberTask) -> tuple[tuple[int, int, int], np.ndarray | float]:
+    if task.image:
+        value = np.ascontiguousarray(load_image(task.data, task.size, name=task.name).transpose(2, 0, 1))
+    else:
+        value = load_fraction(task.data, name=task.name)
+    return task.tag, value
+
+
+def _decode_task(task):
+    return _decode_member(task) if isinstance(task, _MemberTask) else _decode(task)
+
+
+def _decode_many(tasks: list) -> list:
+    return [_decode_task(t) for t in tasks]
+
+
+def _chunks(tasks: Iterable, items: int, nbytes: int = 0) -> Iterator[list]:
+    """`tasks` in lists of at most `items` (and, when `nbytes`, of about `nbytes` of member data)."""
+    chunk: list = []
+    held = 0
+    for task in tasks:
+        chunk.append(task)
+        held += len(task.data) if nbytes else 0
+        if len(chunk) >= items or (nbytes and held >= nbytes):
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
+        yield chunk
 
 
 def _drain(tasks, inbox: queue.SimpleQueue) -> None:
@@ -578,21 +1140,27 @@ class _Decoder:
             f"{self.source}: a decoding worker process ended unexpectedly ({how}: killed, or out of memory?)"
         )
 
-    def decoded(self, tasks: list, chunk: int = 16, ahead: int = 64) -> Iterator[tuple[np.ndarray, float]]:
+    def decoded(self, tasks: Iterable, chunk: int = 16, ahead: int = 64) -> Iterator:
         """Decoded items in order, with at most `ahead` chunks of `chunk` tasks in flight.
 
         (`Pool.imap` has no back-pressure: its workers would run ahead of a slow writer.)
         """
+        return self.decoded_chunks(_chunks(tasks, chunk), ahead)
+
+    def decoded_chunks(self, chunks: Iterable[list], ahead: int = 64) -> Iterator:
+        """Decoded items of `chunks` (lists of tasks, taken as they come) in order, `ahead` chunks in flight at most."""
         if not self.procs:
-            for task in tasks:
-                self.check()
-                yield _decode(task)
+            for tasks in chunks:
+                for task in tasks:
+                    self.check()
+                    yield _decode_task(task)
             return
         pending: deque = deque()
-        for start in range(0, len(tasks), chunk):
+        for tasks in chunks:
+            self.check()
             w = self.turn
             self.turn = (self.turn + 1) % len(self.procs)
-            self.tasks[w].send(tasks[start : start + chunk])
+            self.tasks[w].send(tasks)
             pending.append(w)
             if len(pending) >= ahead:
                 yield from self._receive(pending.popleft())
@@ -620,29 +1188,40 @@ def pack(
     if workers is not None and workers < 1:
         raise PackError(f"--workers must be at least 1, got {workers}")
     # the target's folder now; whether it exists only once the inputs are known (an input that
-    # exists must not be answered with "pass --overwrite")
-    out = outputs.check_output(out, True, inputs=[source], what="judgments file")
+    # exists must not be answered with "pass --overwrite"). Archives are known before they are read
+    # (a minute for BAPPS): all of it now.
+    named = _named_archives(Path(source))
+    out = outputs.check_output(out, overwrite if named else True, inputs=[source, *named], what="judgments file")
     with _Signals() as signals:
         signals.raise_now = True  # planning holds nothing to clean up
-        plans = plan_source(source, group)
+        plans = plan_source(source, group, progress)
         signals.raise_now = False
         signals.check()
         # `pack j.csv j.csv --overwrite`, or an output that is one of the images or .npy files
         outputs.check_output(out, overwrite, inputs=[p for plan in plans for p in plan.files()], what="judgments file")
-        total = sum(len(p.images) for p in plans)
+        total = sum(p.n for p in plans)
         item_bytes = max(len(judgments.image_keys(judgments.kind_of(p.group))) for p in plans) * 3 * size * size
         block = max(1, min(BLOCK, BLOCK_BYTES // item_bytes))
         chunk = min(16, block)
         ahead = max(2, min(64, IN_FLIGHT_BYTES // (chunk * item_bytes)))
         _check_free_space(out, plans, size)
-        workers = min(workers or os.cpu_count() or 1, math.ceil(total / chunk))
+        archives = list(dict.fromkeys(p.archive for p in plans if p.archive))
+        if archives:  # members to decode, in chunks of MEMBER_CHUNK
+            members = sum(p.n * len(FOLDERS[judgments.kind_of(p.group)]) for p in plans)
+            workers = min(workers or os.cpu_count() or 1, math.ceil(members / MEMBER_CHUNK))
+            bar_options = dict(total=sum(a.stamp[0] for a in archives), unit="B", unit_scale=True)
+        else:
+            workers = min(workers or os.cpu_count() or 1, math.ceil(total / chunk))
+            bar_options = dict(total=total, unit="item", desc=f"pack {out.name}")
         decoder = _Decoder(workers, signals.check, str(source))  # before the HDF5 file is open: workers fork without it
         try:
             with (
                 judgments.write(out, overwrite=overwrite, before_rename=signals.check) as writer,
-                tqdm(total=total, unit="item", disable=not progress, desc=f"pack {out.name}") as bar,
+                tqdm(disable=not progress, **bar_options) as bar,
             ):
-                for plan in plans:
+                if archives:
+                    _write_archives(writer, plans, decoder, size, signals.check, bar)
+                for plan in plans if not archives else ():
                     _write_group(writer, plan, decoder, size, block, chunk, ahead, signals.check, bar)
         finally:
             decoder.close()
@@ -655,7 +1234,7 @@ def _check_free_space(out: Path, plans: list[GroupPlan], size: int) -> None:
     need = 1 << 20
     for plan in plans:
         per_item = len(judgments.image_keys(judgments.kind_of(plan.group))) * 3 * size * size + 4
-        need += len(plan.images) * (per_item + (2 if plan.votes is not None else 0) + (24 if plan.names else 0))
+        need += plan.n * (per_item + (2 if plan.votes is not None else 0) + (24 if plan.names else 0))
     try:
         st = os.statvfs(out.parent)
     except (OSError, AttributeError):  # no statvfs (Windows), or it failed: the write itself will tell
@@ -676,7 +1255,7 @@ def _size(n: int) -> str:
 def _write_group(
     writer, plan: GroupPlan, decoder: _Decoder, size: int, block: int, chunk: int, ahead: int, check, bar
 ) -> None:
-    n = len(plan.images)
+    n = plan.n
     kind = judgments.kind_of(plan.group)
     g = writer.create_group(
         plan.group, n, (size, size), plan.source, votes=plan.votes is not None, names=plan.names is not None
@@ -702,9 +1281,15 @@ def main(argv: Sequence[str]) -> int:
     """``lpips-lightning pack``."""
     p = argparse.ArgumentParser(
         prog="lpips-lightning pack",
-        description="Pack BAPPS folders or a CSV of judgments into one judgments file (HDF5).",
+        description="Pack BAPPS (folders or the downloaded archives) or a CSV of judgments into one judgments file "
+        "(HDF5).",
     )
-    p.add_argument("source", help="a BAPPS root (holding 2afc/ and/or jnd/) or a CSV of judgments")
+    p.add_argument(
+        "source",
+        help="a BAPPS root (holding 2afc/ and/or jnd/), a folder of the downloaded BAPPS archives "
+        "(twoafc_train.tar.gz, twoafc_val.tar.gz, jnd.tar.gz: read as they are, nothing unpacked), one such "
+        ".tar.gz, or a CSV of judgments",
+    )
     p.add_argument("out", help="the judgments file to write, e.g. bapps.h5")
     p.add_argument("--size", type=int, default=64, help="resize images to SIZE x SIZE (default 64, PIL bilinear)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
