@@ -15,9 +15,7 @@ done is skipped, and the step that was cut short resumes. Two runs at once on th
 1. download   ``lpips-lightning download bapps DATA_DIR --base-url URL``: the command itself
               skips complete archives and resumes partial ones. Skipped when H5 is ready.
 2. pack       ``lpips-lightning pack DATA_DIR H5`` (H5: ``DATA_DIR/bapps.h5`` unless ``--h5``),
-              straight from the archives. Until `pack` reads archives, the archives are
-              unpacked into ``DATA_DIR/dataset/`` (members that would land outside it are
-              refused) and that folder is packed (`extract_archives`, to be deleted then).
+              straight from the archives: nothing is unpacked (`pack` streams them).
               Skipped when H5 exists and opens as a judgments file with 2AFC train and val groups.
 3. released   ``lpips-lightning evaluate official:alex official:vgg official:squeeze`` into
               ``OUT/eval/official/`` (``--official`` picks the backbones; none: skipped).
@@ -53,7 +51,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,7 +63,6 @@ import paper_numbers  # noqa: E402  (this folder's data file)
 VARIANTS = ("lin", "tune", "scratch")
 BACKBONES = ("alex", "vgg", "squeeze")
 PAPER_CONFIGS = tuple(f"{v}_{b}" for v in VARIANTS for b in BACKBONES)
-ARCHIVES = {"train": "twoafc_train.tar.gz", "val": "twoafc_val.tar.gz", "jnd": "jnd.tar.gz"}
 DEFAULT_BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
 MARKER = "reproduce-finished.json"
 EVAL_SOURCE = "reproduce-source.json"
@@ -247,58 +243,11 @@ def packed_ok(h5: Path) -> bool:
     return any(n.startswith("2afc/train/") for n in names) and any(n.startswith("2afc/val/") for n in names)
 
 
-# `pack` that does not read archives yet says so in one of these words: then fall back.
-_NO_ARCHIVE_PACK = re.compile(r"neither a BAPPS root|no subsets found")
-
-
-def extract_archives(data_dir: Path, say=print) -> Path:
-    """FALLBACK until `pack` reads archives (delete then): unpack them into ``DATA_DIR/dataset``.
-
-    ``twoafc_{train,val}.tar.gz`` go to ``dataset/2afc/`` (they hold ``train/...``, ``val/...``),
-    ``jnd.tar.gz`` to ``dataset/`` (it holds ``jnd/val/...``). Members that would land outside
-    the target (``../``, absolute paths, links out) are refused (``filter="data"``). Each archive
-    is marked done (``dataset/.extracted-NAME``) once complete, so a rerun skips it.
-    """
-    root = data_dir / "dataset"
-    for part, name in ARCHIVES.items():
-        archive = data_dir / name
-        target = root / "2afc" if part in ("train", "val") else root
-        done = root / f".extracted-{name}"
-        if done.is_file():
-            continue
-        if not archive.is_file():
-            raise ReproduceError(f"step pack: {archive} is missing; run the download step again")
-        target.mkdir(parents=True, exist_ok=True)
-        say(f"pack: unpacking {archive} into {target}")
-        try:
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(target, filter="data")
-        except tarfile.FilterError as err:
-            raise ReproduceError(
-                f"step pack: {archive} has a member that would land outside {target} ({err})"
-            ) from None
-        except (tarfile.TarError, EOFError, OSError) as err:
-            raise ReproduceError(f"step pack: cannot unpack {archive} ({err}); delete it and run again") from None
-        done.touch()
-    return root
-
-
 def pack_step(runner: Runner, data_dir: Path, h5: Path) -> None:
     overwrite = ["--overwrite"] if h5.exists() else []
     if overwrite:
         runner.say(f"pack: {h5} is not a complete judgments file; packing it again")
-    status, reason = runner.run("pack", [*CLI, "pack", data_dir, h5, "--quiet", *overwrite], allow=(2,))
-    if status == 0:
-        return
-    if not _NO_ARCHIVE_PACK.search(reason):
-        raise ReproduceError(
-            f"step pack failed (exit status {status}: {reason}); command: lpips-lightning pack {data_dir} {h5}; "
-            f"log: {runner.log_path('pack')}"
-        )
-    runner.say("pack: this lpips-lightning does not pack from archives yet; unpacking them first")
-    root = extract_archives(data_dir, runner.say)
-    overwrite = ["--overwrite"] if h5.exists() else []
-    runner.run("pack", [*CLI, "pack", root, h5, "--quiet", *overwrite])
+    runner.run("pack", [*CLI, "pack", data_dir, h5, "--quiet", *overwrite])
 
 
 # --- step 3-4: training and evaluation ------------------------------------------------------------

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -219,30 +217,6 @@ def test_a_second_run_on_the_same_folders_is_refused(tmp_path, capsys):
         held.close()
 
 
-# --- the fallback until `pack` reads archives: delete with `extract_archives` ---------------------
-def _tar_gz(path: Path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
-def test_fallback_unpacks_the_original_layout_and_refuses_escaping_members(tmp_path):
-    build_bapps_archives(tmp_path / "data")
-    root = rp.extract_archives(tmp_path / "data", say=lambda m: None)
-    assert (root / "2afc" / "train" / "cnn" / "judge" / "000000.npy").is_file()
-    assert (root / "2afc" / "val" / "frameinterp" / "p1" / "000002.png").is_file()
-    assert (root / "jnd" / "val" / "traditional" / "same" / "000001.npy").is_file()
-
-    evil = tmp_path / "evil"
-    evil.mkdir()
-    _tar_gz(evil / "twoafc_train.tar.gz", {"train/cnn/ref/0.png": b"x", "../../escaped.txt": b"gotcha"})
-    with pytest.raises(rp.ReproduceError, match="would land outside"):
-        rp.extract_archives(evil, say=lambda m: None)
-    assert not (tmp_path / "escaped.txt").exists() and not (evil / "escaped.txt").exists()
-
-
 # --- end to end (slow) ----------------------------------------------------------------------------
 def _script(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -281,6 +255,7 @@ def test_reproduce_end_to_end_then_skips_then_resumes(tmp_path, imagenet_cache):
         assert f"{100 * scores['last.ckpt']['2afc/val/cnn']:.1f}" == _row(table, "lin alex", "this run")[3]
         for step in ("download", "pack", "fit-lin_alex", "fit-scratch_squeeze", "evaluate-official"):
             assert (out / "logs" / f"{step}.log").stat().st_size > 0
+        assert not [p for p in data.iterdir() if p.is_dir()]  # packed from the archives: nothing unpacked
         markers = {c: runs / f"repro-{c}" / rp.MARKER for c in ("lin_alex", "scratch_squeeze")}
         stamps = {c: m.stat().st_mtime_ns for c, m in markers.items()}
         requests = len(mirror.log)
