@@ -9,29 +9,29 @@ untrained baseline, the original's ``lpips=False``) the channels are summed inst
 from __future__ import annotations
 
 import os
-from importlib import resources
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone, check_fits, load_state_dict_file
+from .backbones import SCALE, SHIFT, Backbone, BackboneArg
 from .errors import ConfigError, WeightsError, check_choice
+from .weights import (
+    check_fits,
+    drop_lpips_aliases,
+    from_lpips_names,
+    load_state_dict_file,
+    official_heads_file,
+    to_lpips_names,
+)
 
 VERSIONS = ("0.1", "0.0")
-SHIFT = (-0.030, -0.088, -0.188)
-SCALE = (0.458, 0.448, 0.450)
 # Squared norms below this are raised to it before the square root. Where a feature vector's
 # squared norm is 0 (all zero, or tiny values whose squares underflow), sqrt'(0) is infinite and
 # the original's gradient turns NaN, most often when x0 == x1 and LPIPS is used as a loss. The
 # value is unchanged to far below float32 resolution: such vectors normalise to ~0 either way.
 _TINY = 1e-20
-
-
-def official_heads_file(backbone: str) -> Path:
-    """The official v0.1 linear weights, as they ship inside torchmetrics."""
-    return Path(str(resources.files("torchmetrics") / "functional" / "image" / "lpips_models" / f"{backbone}.pth"))
 
 
 def normalize_tensor(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -85,36 +85,31 @@ def check_image_pair(shape0: tuple[int, ...], shape1: tuple[int, ...], min_size:
 
 
 def _drop_lpips_aliases(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Drop what a whole `lpips.LPIPS().state_dict()` repeats: ``lins.{i}`` aliases and the scaling buffers."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("lins."):
-            alias = "lin" + key[len("lins.") :]
-            if alias in state and torch.equal(state[alias], value):
-                continue
-        if key in ("scaling_layer.shift", "scaling_layer.scale"):
-            expected = torch.tensor(SHIFT if key.endswith("shift") else SCALE)
-            if torch.allclose(value.flatten().float(), expected):
-                continue
-            raise WeightsError(f"{source}: {key} is not the standard LPIPS input scaling")
-        out[key] = value
-    return out
+    """Drop what a whole `lpips.LPIPS().state_dict()` repeats (see `weights.drop_lpips_aliases`)."""
+    return drop_lpips_aliases(state, source, SHIFT, SCALE)
 
 
 class LPIPS(nn.Module):
     """Learned perceptual distance between images.
 
     Args:
-        backbone: ``alex``, ``vgg`` or ``squeeze``.
-        version: ``"0.1"`` scales the input as the released model does; ``"0.0"`` feeds it raw.
-        pretrained: load the backbone's ImageNet weights (torchvision cache, else download).
-        heads: ``"official"`` (the released v0.1 weights), ``"random"`` (to train), ``None``
-            (the untrained baseline: channel sums) or the path of an lpips-format ``.pth``.
-            A file may also hold the backbone under the lpips names (``net.slice{k}.{j}.*``).
+        backbone: a backbone spec (see `lpips_lightning.backbones`): ``alex``, ``vgg``, ``squeeze``,
+            ``torchvision:<model>``, ``timm:<model>``, ``{"class_path": ..., "init_args": ...}`` or,
+            in Python, an `nn.Module` returning a list of (N, C, H, W) feature maps.
+        version: ``"0.1"`` normalises the input as the backbone expects (for the classic three, the
+            released model's scaling); ``"0.0"`` feeds the classic three the raw [-1, 1] images.
+        pretrained: load the backbone's pretrained weights (its library's cache, else download).
+        heads: ``"official"`` (the released v0.1 weights; classic backbones only), ``"random"`` (to
+            train), ``None`` (the untrained baseline: channel sums) or the path of an lpips-format
+            ``.pth``. A file may also hold a classic backbone under the lpips names (``net.slice{k}.{j}.*``).
         spatial: return a distance map (N, 1, H, W) instead of one distance per pair.
         dropout: dropout (p=0.5) on each tap's difference before its head, in training mode.
-        backbone_weights: a torchvision state dict file to load instead of ImageNet's.
+        backbone_weights: a state dict file of the backbone network to load instead of the pretrained one.
         tune_backbone: let the backbone's parameters receive gradients.
+        taps: which feature maps of a ``torchvision:`` (node names) or ``timm:`` (indices) backbone.
+        backbone_args: keyword arguments of the ``torchvision:``/``timm:`` model's constructor.
+        lora_rank: train low-rank adapters of this rank on the backbone's attention projections
+            instead of the whole backbone (0: none).
 
     Example:
         >>> import torch
@@ -127,7 +122,7 @@ class LPIPS(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "alex",
+        backbone: BackboneArg = "alex",
         version: str = "0.1",
         pretrained: bool = True,
         heads: str | os.PathLike | None = "official",
@@ -135,41 +130,70 @@ class LPIPS(nn.Module):
         dropout: bool = False,
         backbone_weights: str | os.PathLike | None = None,
         tune_backbone: bool = False,
+        taps: Sequence[str | int] | None = None,
+        backbone_args: dict | None = None,
+        lora_rank: int = 0,
     ) -> None:
         super().__init__()
         check_choice("version", version, VERSIONS)
-        self.backbone_name = backbone
+        if heads == "official" and version != "0.1":
+            raise ConfigError(
+                "heads='official' exists for version 0.1 only (the 0.0 weights are not shipped); "
+                "use version='0.1', heads='random' or a .pth file"
+            )
         self.version = version
         self.spatial = spatial
         self.dropout = dropout
-        self.net = Backbone(backbone, pretrained=pretrained, weights=backbone_weights, requires_grad=tune_backbone)
-        self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
+        self.net = Backbone(
+            backbone,
+            pretrained=pretrained,
+            weights=backbone_weights,
+            requires_grad=tune_backbone,
+            taps=taps,
+            args=backbone_args,
+        )
+        self.backbone_name = self.net.name
+        if lora_rank:
+            self.net.add_lora(lora_rank)
+        if version == "0.0" and not self.net.classic:
+            raise ConfigError(
+                f"version 0.0 (raw input) exists for alex, vgg and squeeze only; backbone {self.backbone_name} "
+                "brings its own input normalisation: use version 0.1"
+            )
+        shift, scale = self.net.normalization or (SHIFT, SCALE)
+        # the input normalisation: version 0.1 (every backbone that declares one), never in 0.0
+        self.normalizes = version == "0.1" and self.net.normalization is not None
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
         if heads is None:
             self.heads = None
         else:
             self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.net.channels)
             if heads == "official":
-                if version != "0.1":
+                if not self.net.classic:
                     raise ConfigError(
-                        "heads='official' exists for version 0.1 only (the 0.0 weights are not shipped); "
-                        "use version='0.1', heads='random' or a .pth file"
+                        f"heads='official' (the released v0.1 weights) exist for alex, vgg and squeeze only; for "
+                        f"backbone {self.backbone_name} use heads='random' and train them, or a .pth file"
                     )
                 self.load_lpips_state(load_state_dict_file(official_heads_file(backbone)), "official heads")
             elif heads != "random":
                 self.load_lpips_state(load_state_dict_file(heads), str(heads))
 
+    @property
+    def backbone_spec(self) -> dict:
+        """The backbone's resolved spec: plain values from which `Backbone` rebuilds it."""
+        return self.net.spec
+
     # --- the lpips package's weight names ---------------------------------------------------
     def lpips_state_dict(self, with_backbone: bool = False) -> dict[str, torch.Tensor]:
-        """This model's weights under the `lpips` package's names."""
+        """This model's weights under the `lpips` package's names (with the backbone: classic ones only)."""
         if self.heads is None:
             raise WeightsError("the baseline (heads=None) has no linear weights to export")
-        state = {f"lin{i}.model.1.weight": h.weight.detach().clone() for i, h in enumerate(self.heads)}
-        if with_backbone:
-            for key, value in self.net.state_dict().items():
-                _, k, rest = key.split(".", 2)
-                state[f"net.slice{int(k) + 1}.{rest}"] = value.detach().clone()
-        return state
+        if with_backbone and not self.net.classic:
+            raise WeightsError(
+                f"the lpips package's names describe alex, vgg and squeeze only, not backbone {self.backbone_name}"
+            )
+        return to_lpips_names([h.weight for h in self.heads], self.net.state_dict() if with_backbone else None)
 
     def load_lpips_state(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Load lpips-format weights strictly: heads always, the backbone when the file has it."""
@@ -177,16 +201,18 @@ class LPIPS(nn.Module):
             raise ConfigError(f"{source}: cannot load linear weights into the baseline (heads=None)")
         state = _drop_lpips_aliases(state, source)
         with_backbone = any(k.startswith("net.") for k in state)
+        if with_backbone and not self.net.classic:
+            raise WeightsError(
+                f"{source}: holds a backbone under the lpips package's names (net.slice*), which describe alex, "
+                f"vgg and squeeze only, not backbone {self.backbone_name}"
+            )
         check_fits(self.lpips_state_dict(with_backbone), state, source)
+        heads, backbone = from_lpips_names(state, len(self.heads), self.net.state_dict() if with_backbone else ())
         with torch.no_grad():
-            for i, head in enumerate(self.heads):
-                head.weight.copy_(state[f"lin{i}.model.1.weight"])
+            for head, weight in zip(self.heads, heads):
+                head.weight.copy_(weight)
         if with_backbone:
-            own = {}
-            for key in self.net.state_dict():
-                _, k, rest = key.split(".", 2)
-                own[key] = state[f"net.slice{int(k) + 1}.{rest}"]
-            self.net.load_state_dict(own, strict=True)
+            self.net.load_state_dict(backbone, strict=True)
 
     # --- the computation --------------------------------------------------------------------
     @property
@@ -210,7 +236,7 @@ class LPIPS(nn.Module):
     def unchecked_features(self, x: torch.Tensor, normalize: bool = False) -> list[torch.Tensor]:
         """`features` without the size check: a pure tensor function, for tracing and export."""
         x = to_unit_range(x, normalize)
-        if self.version == "0.1":
+        if self.normalizes:
             x = (x - self.shift) / self.scale
         return self.net(x)
 

@@ -12,6 +12,7 @@ from .errors import ConfigError, TrainingError, check_choice
 from .heads import make_head
 from .lpips import LPIPS, dropout_half, normalize_tensor, to_unit_range
 from .metrics import JNDAveragePrecision, TwoAFCScore
+from .weights import CHECKPOINT_BACKBONE_KEY
 
 VARIANTS = ("lin", "tune", "scratch")
 CACHE_STEPS_PER_CALL = 64
@@ -45,11 +46,20 @@ class LPIPSModule(LightningModule):
 
     Args:
         variant: ``lin``, ``tune`` or ``scratch``.
-        backbone: ``alex``, ``vgg`` or ``squeeze``.
-        version: LPIPS version, ``"0.1"`` (input scaling) or ``"0.0"``.
-        pretrained: start from ImageNet weights (default: yes for lin/tune, no for scratch).
+        backbone: a backbone spec (see `lpips_lightning.backbones`): ``alex``, ``vgg``, ``squeeze``,
+            ``torchvision:<model>`` (e.g. ``torchvision:resnet50``), ``timm:<model>`` (e.g.
+            ``timm:vit_small_patch14_dinov2``), or ``{class_path: ..., init_args: {...}}``: any module
+            returning a list of (N, C, H, W) feature maps. In Python also an `nn.Module` instance
+            (recorded by its class path: checkpoints rebuild it without init args).
+        taps: which feature maps of a ``torchvision:`` (node names, e.g. ``[layer1, layer2]``) or
+            ``timm:`` backbone (stage or block indices); default: the family's stage outputs.
+        backbone_args: keyword arguments of the ``torchvision:``/``timm:`` model's constructor.
+        version: LPIPS version, ``"0.1"`` (input normalisation) or ``"0.0"`` (classic backbones only).
+        pretrained: start from pretrained weights (default: yes for lin/tune, no for scratch).
             ``lin`` with ``pretrained: false`` trains heads over a random backbone.
-        backbone_weights: a torchvision state dict file to start from (offline machines).
+        backbone_weights: a state dict file of the backbone network to start from (offline machines).
+        lora_rank: ``tune`` only: train low-rank adapters of this rank on the backbone's attention
+            projections (qkv, proj) instead of the whole backbone: for large ViTs (0: off).
         loss: ``bce_rank`` (the paper's ranking head) or ``hinge`` (with `margin`).
         margin: the hinge loss margin.
         lr: Adam learning rate.
@@ -72,10 +82,13 @@ class LPIPSModule(LightningModule):
     def __init__(
         self,
         variant: str = "lin",
-        backbone: str = "alex",
+        backbone: str | dict = "alex",
+        taps: list[str | int] | None = None,
+        backbone_args: dict | None = None,
         version: str = "0.1",
         pretrained: bool | None = None,
         backbone_weights: str | None = None,
+        lora_rank: int = 0,
         loss: str = "bce_rank",
         margin: float = 0.05,
         lr: float = 1e-4,
@@ -101,7 +114,12 @@ class LPIPSModule(LightningModule):
             )
         if lr <= 0:
             raise ConfigError(f"lr must be positive, got {lr}")
-        self.save_hyperparameters()
+        if lora_rank and variant != "tune":
+            raise ConfigError(f"lora_rank adapts a backbone that is tuned: variant 'tune', not {variant!r}")
+        instance = isinstance(backbone, nn.Module)
+        # hyperparameters hold plain values only (checkpoints load with weights_only=True): a module
+        # given as an instance is recorded by its class path
+        self.save_hyperparameters(ignore=["backbone"] if instance else None)
         self.variant = variant
         self.lpips = LPIPS(
             backbone,
@@ -111,7 +129,12 @@ class LPIPSModule(LightningModule):
             dropout=dropout,
             backbone_weights=backbone_weights,
             tune_backbone=variant != "lin",
+            taps=taps,
+            backbone_args=backbone_args,
+            lora_rank=lora_rank,
         )
+        if instance:
+            self.hparams["backbone"] = self._hparams_initial["backbone"] = self.lpips.backbone_spec
         self.rank_head = make_head(loss, margin)
         self.train_2afc = TwoAFCScore()
         self.metrics = nn.ModuleDict({"val": nn.ModuleList(), "test": nn.ModuleList()})
@@ -157,6 +180,10 @@ class LPIPSModule(LightningModule):
         # and DDP warns ("Grad strides do not match bucket view strides") when the weight's differ
         if self.hparams.channels_last:
             self.lpips.to(memory_format=torch.channels_last)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the resolved backbone spec (default taps filled in): a checkpoint rebuilds the same network
+        checkpoint[CHECKPOINT_BACKBONE_KEY] = self.lpips.backbone_spec
 
     def on_fit_start(self) -> None:
         if self.hparams.compile and not self.feature_cache:
