@@ -63,22 +63,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tens
     pickled Python objects (refused, never unpickled), or a checkpoint of another model.
     Cheap enough to check a ``--ckpt_path`` before Lightning loads it.
     """
-    from .backbones import load_torch_file
+    from .weights import read_checkpoint as read
 
-    ckpt = load_torch_file(path, "checkpoint", ExportError)
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or not isinstance(state, dict) or "variant" not in hp or "backbone" not in hp:
-        raise ExportError(f"{path}: not a checkpoint of lpips-lightning (no LPIPSModule hyperparameters)")
-    weights = {k[len("lpips.") :]: v for k, v in state.items() if k.startswith("lpips.")}
-    weights = {k.replace("_orig_mod.", ""): v for k, v in weights.items()}  # left by torch.compile
-    if not weights:
-        raise ExportError(f"{path}: a checkpoint of lpips-lightning without the metric's weights (no 'lpips.*' keys)")
-    scores = {}
-    for cb_state in (ckpt.get("callbacks") or {}).values():
-        if isinstance(cb_state, dict) and cb_state.get("best_model_score") is not None:
-            scores["best_val_2afc_mean"] = float(cb_state["best_model_score"])
-    return dict(hp), weights, {"scores": scores, "epoch": ckpt.get("epoch")}
+    return read(path, ExportError)
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[LPIPS, dict, dict]:
@@ -86,13 +73,24 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[LPIPS, dict, dict]:
     from .lpips import LPIPS
 
     hp, weights, info = read_checkpoint(path)
-    model = LPIPS(hp["backbone"], hp.get("version", "0.1"), pretrained=False, heads="random")
+    resolved = info.get("backbone")  # the spec the run resolved (default taps filled in), when saved
+    model = LPIPS(
+        resolved or hp["backbone"],
+        hp.get("version", "0.1"),
+        pretrained=False,
+        heads="random",
+        taps=None if resolved else hp.get("taps"),
+        backbone_args=None if resolved else hp.get("backbone_args"),
+        lora_rank=int(hp.get("lora_rank") or 0),
+    )
     _load_exact(model, weights, str(path))
+    if model.net.lora_rank:  # adapters folded into their layers: a plain backbone, the same distances
+        model.net.merge_lora()
     return model.eval(), hp, info
 
 
 def _load_exact(model: LPIPS, weights: dict[str, torch.Tensor], source: str) -> None:
-    from .backbones import check_fits
+    from .weights import check_fits
 
     check_fits(model.state_dict(), weights, source)
     model.load_state_dict(weights, strict=True)
@@ -123,7 +121,7 @@ def _backbone_of_channels(channels: Sequence[int]) -> str | None:
 
 
 def _metric_facts(meta: dict[str, str], source: str) -> dict[str, Any]:
-    """Backbone, version and minimum image size from an export's metadata, checked."""
+    """Backbone, its spec, version, minimum image size and any fixed size from an export's metadata, checked."""
     from .backbones import BACKBONES
 
     if meta.get("format") != METRIC_FORMAT:
@@ -133,9 +131,21 @@ def _metric_facts(meta: dict[str, str], source: str) -> dict[str, Any]:
             f"{source}: metric format version {meta.get('format_version')}, expected {METRIC_FORMAT_VERSION}"
         )
     backbone = meta.get("backbone")
-    if backbone not in BACKBONES:
+    facts: dict[str, Any] = {"backbone": backbone, "version": meta.get("version", "0.1"), "fixed_size": None}
+    if backbone in BACKBONES and not meta.get("backbone_spec"):
+        return {**facts, "spec": {"name": backbone}, "min_size": BACKBONES[backbone].min_size}
+    if not meta.get("backbone_spec"):
         raise ExportError(f"{source}: metadata names backbone {backbone!r}, not one of {', '.join(BACKBONES)}")
-    return {"backbone": backbone, "version": meta.get("version", "0.1"), "min_size": BACKBONES[backbone].min_size}
+    try:
+        spec = json.loads(meta["backbone_spec"])
+        min_size = int(meta["min_size"])
+        fixed = meta.get("input_size") or ""
+        fixed_size = tuple(int(v) for v in fixed.split("x")) if fixed else None
+    except (ValueError, KeyError, TypeError):
+        raise ExportError(f"{source}: damaged metadata (backbone_spec, min_size or input_size)") from None
+    if not isinstance(spec, dict) or (fixed_size is not None and len(fixed_size) != 2):
+        raise ExportError(f"{source}: damaged metadata (backbone_spec, min_size or input_size)")
+    return {**facts, "spec": spec, "min_size": min_size, "fixed_size": fixed_size}
 
 
 def load(path: str | os.PathLike, backbone: str | None = None, version: str = "0.1") -> nn.Module:
@@ -148,7 +158,7 @@ def load(path: str | os.PathLike, backbone: str | None = None, version: str = "0
     distances; each has ``backbone_name``, ``min_size`` and ``check_size(height, width, where)``.
     Tensors are loaded with ``weights_only=True``; anything else is refused in one line.
     """
-    from .backbones import check_readable, load_torch_file, sniff
+    from .weights import check_readable, load_torch_file, sniff
 
     path = Path(path)
     check_readable(path, "model", ExportError)
@@ -180,21 +190,13 @@ def _few_keys(d: dict, n: int = 4) -> str:
 
 
 def _load_safetensors(path: Path) -> LPIPS:
-    from safetensors import safe_open
-
     from .lpips import LPIPS
+    from .weights import read_safetensors
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:
-        raise ExportError(
-            f"{path}: truncated or damaged, not a readable safetensors file ({type(err).__name__})"
-        ) from None
+    tensors, meta = read_safetensors(path, ExportError, "model")
     facts = _metric_facts(meta, str(path))
     heads = "random" if meta.get("heads", "learned") == "learned" else None
-    model = LPIPS(facts["backbone"], facts["version"], pretrained=False, heads=heads)
+    model = LPIPS(facts["spec"], facts["version"], pretrained=False, heads=heads)
     _load_exact(model, tensors, str(path))
     return model.eval()
 
@@ -230,7 +232,7 @@ def _load_torchscript(path: Path) -> nn.Module:
             raise ExportError(f"{path}: a TorchScript module, but not an lpips-lightning metric export")
         from .backbones import BACKBONES
 
-        facts = {"backbone": name, "version": "?", "min_size": BACKBONES[name].min_size}
+        facts = {"backbone": name, "version": "?", "min_size": BACKBONES[name].min_size, "fixed_size": None}
         converts = False
     return _parts().TorchScriptMetric(module, facts, converts).eval()
 
@@ -242,7 +244,7 @@ def load_into_torchmetrics(metric: nn.Module, path: str | os.PathLike) -> nn.Mod
     ``net.slices.{k-1}`` instead of ``net.slice{k}``) and loads with ``strict=False``; here every
     key of the file must land, and only its own aliases may stay unset. Returns `metric`.
     """
-    from .backbones import load_torch_file
+    from .weights import load_torch_file
 
     state = load_torch_file(path, "lpips weights")
     own = metric.net.state_dict()
@@ -286,13 +288,20 @@ def _parts():
             return self.model.distance(self.model.unchecked_features(x0), self.model.unchecked_features(x1))
 
     class ScriptedMetric(nn.Module):
-        """The scripted front of a TorchScript export: checks and converts the input like `LPIPS.forward`."""
+        """The scripted front of a TorchScript export: checks and converts the input like `LPIPS.forward`.
 
-        def __init__(self, core: nn.Module, min_size: int, backbone: str) -> None:
+        `fixed_height`/`fixed_width` (0: any): the traced core computes right at that size only.
+        """
+
+        def __init__(
+            self, core: nn.Module, min_size: int, backbone: str, fixed_height: int = 0, fixed_width: int = 0
+        ) -> None:
             super().__init__()
             self.core = core
             self.min_size = min_size
             self.backbone = backbone
+            self.fixed_height = fixed_height
+            self.fixed_width = fixed_width
 
         def forward(self, x0: Tensor, x1: Tensor, normalize: bool = False) -> Tensor:
             if x0.shape != x1.shape:
@@ -304,6 +313,11 @@ def _parts():
                 raise ValueError(
                     f"images of {h}x{w} pixels are smaller than the {self.min_size}x{self.min_size} "
                     f"minimum of backbone {self.backbone}"
+                )
+            if self.fixed_height > 0 and (h != self.fixed_height or w != self.fixed_width):
+                raise ValueError(
+                    f"images of {h}x{w} pixels: this export of backbone {self.backbone} takes "
+                    f"{self.fixed_height}x{self.fixed_width} images only; resize them"
                 )
             return self.core(self.unit_range(x0, normalize), self.unit_range(x1, normalize))
 
@@ -322,13 +336,23 @@ def _parts():
             self.backbone_name = facts["backbone"]
             self.version = facts["version"]
             self.min_size = int(facts["min_size"])
+            self.fixed_size = facts.get("fixed_size")  # (height, width) for a fixed-size export, else None
 
         def check_size(self, height: int, width: int, where: str = "") -> None:
-            """Raise `ConfigError` when ``height x width`` images are too small for the backbone."""
+            """Raise `ConfigError` when ``height x width`` images are too small, or not a fixed-size export's size."""
             check_image_size(height, width, self.min_size, self.backbone_name, where)
+            if self.fixed_size is not None and (height, width) != tuple(self.fixed_size):
+                fh, fw = self.fixed_size
+                raise ConfigError(
+                    f"{where + ': ' if where else ''}images of {height}x{width} pixels: this export of backbone "
+                    f"{self.backbone_name} takes {fh}x{fw} images only (its backbone did not export for other sizes); "
+                    "resize them, or use the .safetensors export"
+                )
 
         def forward(self, x0: Tensor, x1: Tensor, normalize: bool = False) -> Tensor:
             check_image_pair(x0.shape, x1.shape, self.min_size, self.backbone_name)
+            if self.fixed_size is not None:
+                self.check_size(x0.shape[-2], x0.shape[-1])
             return self.run(x0, x1, normalize)
 
     class TorchScriptMetric(LoadedMetric):
@@ -392,7 +416,7 @@ def _legacy_onnx_facts(path: Path) -> dict[str, Any]:
     name = _backbone_of_channels([heads[i] for i in sorted(heads)])
     if name is None:
         raise ExportError(f"{path}: an ONNX model without lpips-lightning metadata, not an lpips-lightning metric")
-    return {"backbone": name, "version": "?", "min_size": BACKBONES[name].min_size}
+    return {"backbone": name, "version": "?", "min_size": BACKBONES[name].min_size, "fixed_size": None}
 
 
 def __getattr__(name: str):
@@ -420,10 +444,12 @@ def _metadata(model: LPIPS, hp: dict, info: dict, ckpt: str | os.PathLike) -> di
         "format": METRIC_FORMAT,
         "format_version": METRIC_FORMAT_VERSION,
         "backbone": model.backbone_name,
+        "backbone_spec": json.dumps(model.backbone_spec),  # rebuilds the backbone (see backbones.normalize_spec)
         "version": model.version,
         "variant": hp["variant"],
         "heads": "learned",
         "min_size": str(model.min_size),
+        "input_size": "",  # "HxW" when the export computes right at that size only
         "inputs": INPUTS,
         "scores": json.dumps(info["scores"]),
         "config": json.dumps(hp, default=str),
@@ -432,8 +458,19 @@ def _metadata(model: LPIPS, hp: dict, info: dict, ckpt: str | os.PathLike) -> di
     }
 
 
-def export(ckpt: str | os.PathLike, out: str | os.PathLike, fmt: str | None = None, overwrite: bool = False) -> str:
+def export(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    fmt: str | None = None,
+    overwrite: bool = False,
+    size: int | None = None,
+) -> str:
     """Write checkpoint `ckpt` as `out` in format `fmt` (else from the extension); return how to load it.
+
+    `size`: the image size the TorchScript trace and the ONNX export run on (default 64, or the
+    backbone's minimum when larger). Both export for any size where the backbone allows; where it
+    does not (a trace that fixes shapes, e.g. a ViT padding images to whole patches), the export
+    takes `size` x `size` images only, says so in its metadata and refuses other sizes in one line.
 
     Refused in one line before anything is read: `out` is a folder, one of the inputs, exists
     without `overwrite`, lies in a missing or unwritable folder, or has no known format.
@@ -452,7 +489,23 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, fmt: str | None = No
     if fmt == "onnx":
         _require("onnx", "onnx")
         _require("onnxscript", "onnx")
+    if fmt == "lpips":  # refused before the model is built: the lpips names describe the classic three only
+        from .backbones import BACKBONES
+
+        hp, _, info = read_checkpoint(ckpt)
+        spec = info.get("backbone") or hp["backbone"]
+        name = (spec.get("name") or spec.get("class_path")) if isinstance(spec, dict) else spec
+        if name not in BACKBONES:
+            raise ConfigError(
+                f"{out}: the lpips package's .pth format describes alex, vgg and squeeze only, not backbone "
+                f"{name}; export it as .safetensors, .pt (TorchScript) or .onnx"
+            )
+    if size is not None and size < 1:
+        raise ConfigError(f"--size must be a positive number of pixels, got {size}")
     model, hp, info = model_from_checkpoint(ckpt)
+    if size is not None:
+        model.check_size(size, size, "--size")
+        model.export_size = size
     meta = _metadata(model, hp, info, ckpt)
     with atomic_output(out, overwrite, inputs=[ckpt], what=f"{fmt} export") as tmp:
         try:
@@ -474,17 +527,36 @@ def _write_lpips(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: P
 
 
 def _write_safetensors(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path) -> str:
-    from safetensors.torch import save_file
+    from .weights import write_safetensors
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
+    write_safetensors(model.state_dict(), tmp, meta)
     return f"lpips_lightning.load({str(out)!r})"
 
 
-def _example() -> tuple[torch.Tensor, torch.Tensor]:
+def _example(size: int = 64, height: int | None = None, width: int | None = None, seed: int = 0):
+    """Two batches of random [-1, 1] images: the example a trace or export runs on."""
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(2, 3, 64, 64, generator=g) * 2 - 1, torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+    g = torch.Generator().manual_seed(seed)
+    shape = (2, 3, height or size, width or size)
+    return torch.rand(*shape, generator=g) * 2 - 1, torch.rand(*shape, generator=g) * 2 - 1
+
+
+def _example_size(model: LPIPS) -> int:
+    return getattr(model, "export_size", None) or max(64, model.min_size)
+
+
+def _other_size(model: LPIPS) -> tuple[int, int]:
+    """A second (height, width), unlike the example's, to check that an export computes right at any size."""
+    size = _example_size(model)
+    return size + 13, size + 30
+
+
+def _same(a, b) -> bool:
+    import torch
+
+    a, b = torch.as_tensor(a).flatten().float(), torch.as_tensor(b).flatten().float()
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6))
 
 
 def _write_torchscript(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path) -> str:
@@ -493,46 +565,130 @@ def _write_torchscript(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, 
     import torch
 
     parts = _parts()
+    size = _example_size(model)
+    core = parts.Core(model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notices
-        core = torch.jit.trace(parts.Core(model).eval(), _example(), check_trace=False)
-        front = torch.jit.script(parts.ScriptedMetric(core, model.min_size, model.backbone_name).eval())
+        traced = torch.jit.trace(core, _example(size), check_trace=False)
+        fixed = (0, 0)
+        other = _example(height=_other_size(model)[0], width=_other_size(model)[1], seed=1)
+        try:  # a trace records shapes as constants where the model computes them in Python
+            with torch.no_grad():
+                dynamic = _same(traced(*other), core(*other))
+        except Exception:
+            dynamic = False
+        if not dynamic:
+            fixed = (size, size)
+            meta = {**meta, "input_size": f"{size}x{size}"}
+        front = torch.jit.script(parts.ScriptedMetric(traced, model.min_size, model.backbone_name, *fixed).eval())
         torch.jit.save(front, str(tmp), _extra_files={TORCHSCRIPT_METADATA: json.dumps(meta)})
-    return f"torch.jit.load({str(out)!r})(x0, x1)  # {INPUTS}"
+    note = "" if dynamic else f"; {size}x{size} images only (the trace of this backbone fixes the size)"
+    return f"torch.jit.load({str(out)!r})(x0, x1)  # {INPUTS}{note}"
 
 
-def _write_onnx(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path) -> str:
+def _onnx_min_size(model: LPIPS) -> int:
+    """The smallest size an ONNX export with dynamic sizes takes.
+
+    The classic three keep their minimum. Other backbones: the smallest size at which every feature
+    map is at least 2x2 (torch.export specialises sizes 0 and 1; an export whose range reaches them
+    falls back to slower strategies and may specialise).
+    """
+    import torch
+
+    if model.net.classic:
+        return max(2, model.min_size)
+
+    def wide(size: int) -> bool:
+        with torch.no_grad():
+            feats = model.net(torch.zeros(1, 3, size, size))
+        return all(min(f.shape[-2:]) >= 2 for f in feats)
+
+    low, high = max(2, model.min_size), _example_size(model)
+    if wide(low) or not wide(high):
+        return low
+    while high - low > 1:  # low is too narrow, high wide enough
+        middle = (low + high) // 2
+        low, high = (low, middle) if wide(middle) else (middle, high)
+    return high
+
+
+def _onnx_program(model: LPIPS, size: int, dynamic: bool, min_size: int = 2):
     import logging
     import warnings
 
-    import onnx
     import torch
 
-    batch = torch.export.Dim("batch", min=1)
-    height = torch.export.Dim("height", min=model.min_size, max=4096)
-    width = torch.export.Dim("width", min=model.min_size, max=4096)
+    shapes = None
+    if dynamic:
+        batch = torch.export.Dim("batch", min=1)
+        height = torch.export.Dim("height", min=min_size, max=4096)
+        width = torch.export.Dim("width", min=min_size, max=4096)
+        shapes = ({0: batch, 2: height, 3: width}, {0: batch, 2: height, 3: width})
+    else:
+        batch = torch.export.Dim("batch", min=1)
+        shapes = ({0: batch}, {0: batch})
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
+        return torch.onnx.export(
             _parts().Core(model).eval(),
-            _example(),
+            _example(size),
             dynamo=True,
             input_names=["x0", "x1"],
             output_names=["distance"],
-            dynamic_shapes=({0: batch, 2: height, 3: width}, {0: batch, 2: height, 3: width}),
+            dynamic_shapes=shapes,
             external_data=False,
             verbose=False,
         )
-    program.save(str(tmp), external_data=False)
+
+
+def _onnx_runs_right(path: Path, model: LPIPS) -> bool:
+    """Whether the ONNX file gives the model's distances at a size other than the example's."""
+    import importlib
+
+    import torch
+
+    try:
+        ort = importlib.import_module("onnxruntime")
+    except ImportError:
+        return True  # cannot check here: trust the exporter's dynamic shapes
+    height, width = _other_size(model)
+    x0, x1 = _example(height=height, width=width, seed=1)
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {"x0": x0.numpy(), "x1": x1.numpy()})
+    except Exception:
+        return False
+    with torch.no_grad():
+        return _same(got, _parts().Core(model).eval()(x0, x1))
+
+
+def _write_onnx(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path) -> str:
+    import onnx
+
+    size = _example_size(model)
+    smallest = _onnx_min_size(model)
+    meta = {**meta, "min_size": str(smallest)}
+    try:
+        _onnx_program(model, size, dynamic=True, min_size=smallest).save(str(tmp), external_data=False)
+        dynamic = _onnx_runs_right(tmp, model)
+    except Exception:
+        dynamic = False
+    if not dynamic:  # the backbone does not export for any size: fix it, and say so in the metadata
+        _onnx_program(model, size, dynamic=False).save(str(tmp), external_data=False)
+        meta["input_size"] = f"{size}x{size}"
+        meta["min_size"] = str(model.min_size)
     proto = onnx.load(str(tmp))
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(tmp))
     onnx.checker.check_model(str(tmp))
+    sizes = f"H and W >= {meta['min_size']}" if dynamic else f"H = W = {size} only"
     return (
         f"onnxruntime.InferenceSession({str(out)!r}).run(None, {{'x0': x0, 'x1': x1}})"
-        f"  # float32 (N, 3, H, W) in [-1, 1], H and W >= {model.min_size}; lpips_lightning.load takes uint8 too"
+        f"  # float32 (N, 3, H, W) in [-1, 1], {sizes}; lpips_lightning.load takes uint8 too"
     )
 
 
@@ -551,8 +707,15 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("out", help="output file: .pth (lpips), .safetensors, .pt (TorchScript) or .onnx")
     p.add_argument("--format", choices=sorted(set(FORMATS.values())), default=None)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="image size the TorchScript/ONNX export is traced at (default 64); the export is fixed to it "
+        "only where the backbone does not export for any size",
+    )
     args = p.parse_args(argv)
-    how = export(args.ckpt, args.out, args.format, args.overwrite)
+    how = export(args.ckpt, args.out, args.format, args.overwrite, args.size)
     print(f"wrote {args.out}")
     print(f"load it with: {how}")
     if (args.format or FORMATS.get(Path(args.out).suffix.lower())) == "lpips":
