@@ -1,0 +1,1 @@
+"""Small example modules: custom backbones to copy and adapt (see ``configs/custom_encoder.yaml``)."""
