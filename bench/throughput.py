@@ -8,6 +8,7 @@ Several values for a flag give a table.
     python bench/throughput.py --variant lin --backbone alex --batch 50 --steps 30          # CPU
     python bench/throughput.py --device cuda --precision bf16-mixed --batch 50 512
     python bench/throughput.py --matrix      # the whole GPU matrix (variants x backbones x 50, 512)
+    python bench/throughput.py --backbone alex torchvision:resnet50 timm:vit_small_patch14_dinov2   # any spec
 
 ImageNet weights are not needed: the backbones start random (speed does not depend on them).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import resource
 import sys
@@ -31,6 +33,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
 from lpips_lightning import judgments  # noqa: E402
+from lpips_lightning.backbones import short_name  # noqa: E402
 from lpips_lightning.datamodules import JudgmentsDataModule  # noqa: E402
 from lpips_lightning.module import LPIPSModule  # noqa: E402
 
@@ -95,7 +98,7 @@ def quiet_trainer(device: str, precision: str, **kw) -> pl.Trainer:
 def run_one(
     data: Path,
     variant: str,
-    backbone: str,
+    backbone: str | dict,
     batch: int,
     steps: int,
     warmup: int,
@@ -105,6 +108,8 @@ def run_one(
     feature_cache: bool,
     on_device: str,
     num_workers: int,
+    taps: list | None = None,
+    backbone_args: dict | None = None,
 ) -> dict:
     torch.manual_seed(0)
     if device == "cuda":
@@ -112,6 +117,8 @@ def run_one(
     model = LPIPSModule(
         variant=variant,
         backbone=backbone,
+        taps=taps,
+        backbone_args=backbone_args,
         pretrained=False if variant != "scratch" else None,
         compile=compile,
         feature_cache=feature_cache,
@@ -167,7 +174,15 @@ def lin_recipe(n: int, device: str, precision: str, epochs: int = 10, batch: int
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", nargs="+", default=["lin"], choices=["lin", "tune", "scratch"])
-    p.add_argument("--backbone", nargs="+", default=["alex"], choices=["alex", "vgg", "squeeze"])
+    p.add_argument(
+        "--backbone",
+        nargs="+",
+        default=["alex"],
+        help="backbone specs: alex, vgg, squeeze, torchvision:<model>, timm:<model>, or a JSON "
+        '{"class_path": ..., "init_args": ...}',
+    )
+    p.add_argument("--taps", nargs="+", default=None, help="taps of a torchvision:/timm: backbone (all runs)")
+    p.add_argument("--backbone-args", default=None, help="JSON keyword arguments of the torchvision/timm constructor")
     p.add_argument("--batch", nargs="+", type=int, default=[50])
     p.add_argument("--steps", type=int, default=30, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, allocator)")
@@ -213,6 +228,8 @@ def main(argv=None) -> int:
     if "on" in args.feature_cache:  # whole cached chunks of 64 minibatches
         n = max(n, max(args.batch) * 64 * 2)
     on_device = {"auto": "auto", "true": True, "false": False}[args.on_device]
+    specs = {b: json.loads(b) if b.lstrip().startswith("{") else b for b in args.backbone}
+    backbone_args = json.loads(args.backbone_args) if args.backbone_args else None
     print(
         f"# {time.strftime('%Y-%m-%d')} device={args.device} "
         f"{torch.cuda.get_device_name() if args.device == 'cuda' else os.cpu_count()} "
@@ -226,7 +243,7 @@ def main(argv=None) -> int:
             r = run_one(
                 data,
                 variant,
-                backbone,
+                specs[backbone],
                 batch,
                 args.steps,
                 args.warmup,
@@ -236,9 +253,11 @@ def main(argv=None) -> int:
                 cache == "on",
                 on_device,
                 args.num_workers,
+                args.taps,
+                backbone_args,
             )
             label = (
-                f"{variant}-{backbone} batch={batch} precision={precision} compile={comp} "
+                f"{variant}-{short_name(specs[backbone])} batch={batch} precision={precision} compile={comp} "
                 f"feature_cache={cache} device={args.device}"
             )
             print(
@@ -246,7 +265,7 @@ def main(argv=None) -> int:
                 f"triplets/s={r['rate']:.0f}",
                 flush=True,
             )
-            rows.append((variant, backbone, batch, precision, comp, cache, r["rate"]))
+            rows.append((variant, short_name(specs[backbone]), batch, precision, comp, cache, r["rate"]))
     if len(rows) > 1:
         print("\n| variant | backbone | batch | precision | compile | feature_cache | triplets/s |")
         print("|---|---|---|---|---|---|---|")
