@@ -142,6 +142,24 @@ def test_plain_tar_and_files_beside_the_layout_are_fine(tmp_path, mirror):
     _expected(out, {g: a for g, a in mirror["groups"].items() if g.startswith("2afc/val/")})
 
 
+def test_16_bit_colour_members_decode_as_files_do(tmp_path):
+    """The 16-bit colour path decodes an image twice (high, then low bytes): from a member's bytes too."""
+    from test_trust_pack import _png16, _rgb_samples
+
+    tree = tmp_path / "tree" / "2afc" / "val" / "deep"
+    members = []
+    for i, f in enumerate(("ref", "p0", "p1")):
+        (tree / f).mkdir(parents=True)
+        _png16(tree / f / "000000.png", np.roll(_rgb_samples(), i, axis=2), 2)
+        members.append(_file(f"val/deep/{f}/000000.png", (tree / f / "000000.png").read_bytes()))
+    (tree / "judge").mkdir()
+    np.save(tree / "judge" / "000000.npy", np.float32([0.25]))
+    members.append(_file("val/deep/judge/000000.npy", (tree / "judge" / "000000.npy").read_bytes()))
+    _write(tmp_path / "data" / VAL, members)
+    a = pack(tmp_path / "data", tmp_path / "a.h5", size=4, workers=1, progress=False)
+    _same_file(pack(tmp_path / "tree", tmp_path / "t.h5", size=4, workers=1, progress=False), a)
+
+
 # --- bad archives: one line each, nothing left behind ----------------------------------------------
 def _members(path: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
     with tarfile.open(path, "r:gz") as tar:

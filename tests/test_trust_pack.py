@@ -133,6 +133,7 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path, kind):
         tifffile.imwrite(path, rgb, photometric="rgb")
         expected = _to8(rgb)
     np.testing.assert_array_equal(load_image(path), expected)
+    np.testing.assert_array_equal(load_image(path.read_bytes(), name=path.name), expected)  # an archive member
     # and through pack, at the image's own size: the stored pixels are the same numbers
     (tmp_path / "j.csv").write_text(f"ref,p0,p1,judge\n{path.name},{path.name},{path.name},0.5\n")
     out = pack(tmp_path / "j.csv", tmp_path / "o.h5", size=4, workers=1, progress=False)
