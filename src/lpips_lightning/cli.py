@@ -300,9 +300,9 @@ TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
 
 
 def _raise_terminated(signum, frame) -> None:
-    from .errors import Terminated
+    from .errors import Interrupted
 
-    raise Terminated()
+    raise Interrupted(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,6 +42,7 @@ import http.client
 import io
 import os
 import shlex
+import signal
 import sys
 import tarfile
 import urllib.error
@@ -53,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import LPIPSLightningError, check_choice
+from .errors import Interrupted, LPIPSLightningError, check_choice
 from .outputs import OutputError
 
 DEFAULT_BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
@@ -69,8 +70,11 @@ class DownloadError(LPIPSLightningError):
     """A download that failed: unreachable server, HTTP error, short or damaged archive."""
 
 
-class DownloadInterrupted(KeyboardInterrupt):
+class DownloadInterrupted(Interrupted):
     """Ctrl-C during a download; its message says where the partial data was kept."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(signal.SIGINT, message)
 
 
 # --- URLs ----------------------------------------------------------------------------------------

@@ -33,7 +33,16 @@ def check_choice(name: str, value: object, valid: list[str] | tuple[str, ...]) -
         raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, valid))}")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C (clean-up runs, nothing half-written stays); exit status 143."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: clean-up runs and nothing half-written stays; exit status 128 + signal (130, 143).
 
-    status = 143
+    Without a message the CLI prints a bare ``interrupted``; with one, ``interrupted: <message>``.
+    """
+
+    def __init__(self, signum: int = 2, message: str = "") -> None:
+        self.signum = int(signum)
+        self.status = 128 + self.signum
+        super().__init__(*([message] if message else []))
+
+    def __repr__(self) -> str:
+        return f"Interrupted({self.signum})"

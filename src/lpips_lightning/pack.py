@@ -64,7 +64,7 @@ import numpy as np
 from PIL import Image
 
 from . import judgments, outputs
-from .errors import LPIPSLightningError, PackError
+from .errors import Interrupted, LPIPSLightningError, PackError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 FOLDERS = {"2afc": ("ref", "p0", "p1", "judge"), "jnd": ("p0", "p1", "same")}
@@ -930,22 +930,6 @@ def plan_source(source: str | os.PathLike, group: str | None = None, progress: b
 
 
 # --- signals ----------------------------------------------------------------------------------
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM while packing; `status` is the exit status to return (128 + signal).
-
-    No message: the CLI prints a bare ``interrupted`` (a KeyboardInterrupt with a message would
-    read ``interrupted: <message>``).
-    """
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        self.status = 128 + signum
-        super().__init__()
-
-    def __repr__(self) -> str:
-        return f"Interrupted({signal.Signals(self.signum).name})"
-
-
 class _Signals:
     """Record SIGINT and SIGTERM; `check` raises `Interrupted` at a point where that is safe.
 
