@@ -98,6 +98,21 @@ def test_safetensors_metadata_rebuilds_the_model(checkpoints, tmp_path):
     assert "shift" not in " ".join(keys) and len(keys) == len(set(keys))
 
 
+def test_exports_without_a_backbone_spec_still_load(checkpoints, tmp_path):
+    """Exports of lpips-lightning 0.1.0 name a classic backbone only (no backbone_spec, no input_size)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ckpt, model = checkpoints["tune"]
+    export(ckpt, tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k not in ("backbone_spec", "input_size")}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    x0, x1 = _images()
+    torch.testing.assert_close(load(tmp_path / "old.safetensors")(x0, x1), model(x0, x1))
+
+
 def test_load_lpips_pth_infers_backbone_and_refuses_mismatches(checkpoints, tmp_path):
     ckpt, model = checkpoints["lin"]
     export(ckpt, tmp_path / "m.pth")

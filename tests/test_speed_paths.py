@@ -97,6 +97,29 @@ def test_compiled_step_matches_eager(bapps_h5, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("variant", "backbone", "args"),
+    [
+        ("lin", "torchvision:resnet18", None),  # a frozen backbone with batch norm: kept in eval mode
+        ("tune", "timm:vit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)),
+    ],
+)
+def test_compiled_step_matches_eager_for_other_backbones(bapps_h5, tmp_path, variant, backbone, args):
+    pytest.importorskip("timm")
+    states = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = LPIPSModule(
+            variant=variant, backbone=backbone, backbone_args=args, pretrained=False, dropout=False, compile=compile
+        )
+        trainer = cpu_trainer(tmp_path)
+        trainer.fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
+        states[compile] = model.state_dict()
+    for key, value in states[False].items():
+        torch.testing.assert_close(states[True][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
 def test_bf16_run_matches_fp32_on_the_demo(tmp_path, monkeypatch):
     """Mixed precision must not change results: validation 2AFC within 0.5 points of fp32."""
     from pathlib import Path

@@ -30,9 +30,11 @@ to a `Built`; `lpips.py` and `module.py` need no change.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import json
+import logging
 import math
 import os
 import re
@@ -435,6 +437,20 @@ def _check_torchvision_taps(network: nn.Module, taps: list[str], label: str) -> 
         raise ConfigError(f"backbone {label}: taps {taps} name a tap twice")
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Raise these loggers to ERROR for the duration."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _require_timm():
     try:
         import timm
@@ -466,7 +482,8 @@ def _build_timm(spec: dict, pretrained: bool, weights: str | os.PathLike | None)
     load_pretrained = pretrained and weights is None
 
     def create(**extra) -> nn.Module:
-        return timm.create_model(model_name, pretrained=load_pretrained, **{**extra, **args})
+        with _quiet_loggers("huggingface_hub", "timm"):  # a failed download is our one line, not their warnings
+            return timm.create_model(model_name, pretrained=load_pretrained, **{**extra, **args})
 
     # ViTs: any image size (the position embedding is resampled, the image padded to whole patches)
     tries = [{"dynamic_img_size": True, "dynamic_img_pad": True}, {"dynamic_img_size": True}, {}]
