@@ -320,13 +320,14 @@ def test_backbone_weights_load_for_every_family(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_torchvision_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
+def test_torchvision_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch, capfd):
     import torchvision
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
     monkeypatch.setattr("torch.hub.download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(WeightsError) as err:
         Backbone("torchvision:resnet18")
+    assert not capfd.readouterr().out  # torch.hub's "Downloading" line is not left behind a failure
     msg = str(err.value)
     folder = tmp_path / "home" / "hub" / "checkpoints"
     assert "resnet18-f37072fd.pth is missing in " + str(folder) in msg
@@ -337,6 +338,12 @@ def test_torchvision_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch
     torch.save(state, folder / "resnet18-f37072fd.pth")
     net = Backbone("torchvision:resnet18")
     torch.testing.assert_close(net.state_dict()["body.layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    # backbone_args' weights picks one of torchvision's weights by name
+    assert Backbone("torchvision:resnet18", args={"weights": "IMAGENET1K_V1"}).spec["args"] == {
+        "weights": "IMAGENET1K_V1"
+    }
+    with pytest.raises(ConfigError, match="unknown weights 'V9'; choose one of: IMAGENET1K_V1$"):
+        Backbone("torchvision:resnet18", args={"weights": "V9"})
 
 
 def test_timm_pretrained_offline_is_one_line(tmp_path, monkeypatch):

@@ -343,12 +343,13 @@ def _build_torchvision(spec: dict, pretrained: bool, weights: str | os.PathLike 
     if model_name not in known:
         raise _unknown_model("torchvision", model_name, known)
     args = dict(spec["args"])
+    chosen = args.pop("weights", None)  # which of torchvision's weights: e.g. IMAGENET1K_V1 (default: DEFAULT)
     network = _construct(label, lambda: torchvision.models.get_model(model_name, weights=None, **args), args)
     network.eval()
     if weights is not None:
         state, source = load_state_dict_file(weights), str(weights)
     elif pretrained:
-        enum = torchvision.models.get_model_weights(model_name).DEFAULT
+        enum = _torchvision_weights(model_name, chosen, label)
         state = torchvision_state_dict(enum, f"ImageNet weights for backbone {label}")
         source = str(torchvision_cache_file(enum))
     else:
@@ -361,7 +362,21 @@ def _build_torchvision(spec: dict, pretrained: bool, weights: str | os.PathLike 
         body = create_feature_extractor(network, return_nodes={t: t for t in taps})
     if state is not None:
         load_used(body, network_keys, state, source)
+    if chosen is not None:
+        args = {"weights": chosen, **args}
     return Built(body, {"name": label, "taps": taps, "args": args}, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def _torchvision_weights(model_name: str, chosen: str | None, label: str) -> WeightsEnum:
+    """The weights enum member that backbone_args' ``weights`` names (default: torchvision's DEFAULT)."""
+    enum = torchvision.models.get_model_weights(model_name)
+    if chosen is None:
+        return enum.DEFAULT
+    names = [member.name for member in enum]
+    name = str(chosen).rsplit(".", 1)[-1]
+    if name not in names and name != "DEFAULT":
+        raise ConfigError(f"backbone {label}: unknown weights {chosen!r}; choose one of: {', '.join(names)}")
+    return enum.DEFAULT if name == "DEFAULT" else enum[name]
 
 
 def _torchvision_default_taps(model_name: str, network: nn.Module, label: str) -> list[str]:
@@ -669,11 +684,15 @@ def probe(body: nn.Module, label: str, limit: int = MAX_PROBE_SIZE) -> tuple[tup
     was_training = body.training
     body.eval()
 
+    param = next(body.parameters(), None)  # a module given as an instance may live on a GPU already
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+
     def attempt(size: int):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return body(torch.zeros(1, 3, size, size)), None
+                return body(torch.zeros(1, 3, size, size, device=device, dtype=dtype)), None
         except ConfigError:
             raise
         except Exception as err:

@@ -197,11 +197,23 @@ def torchvision_cache_file(weights) -> Path:
 
 
 def torchvision_state_dict(weights, what: str) -> dict[str, torch.Tensor]:
-    """Load `weights` (a `WeightsEnum` member) through torchvision's weights API: cache, else download."""
+    """Load `weights` (a `WeightsEnum` member) through torchvision's weights API: cache, else download.
+
+    torch.hub's "Downloading: ..." line (which it writes to stdout) goes to stderr, and only when the
+    download succeeds: stdout stays for results, and a failure is the one line of `unavailable`.
+    """
+    import contextlib
+    import io
+    import sys
+
+    said = io.StringIO()
     try:
-        return weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
+        with contextlib.redirect_stdout(said):
+            state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
     except Exception as err:  # urllib, ssl, socket or a damaged file: all mean "not available"
         raise unavailable(what, torchvision_cache_file(weights), err) from None
+    sys.stderr.write(said.getvalue())
+    return state
 
 
 # --- the lpips package's names ----------------------------------------------------------------------
