@@ -415,6 +415,7 @@ def test_spec_forms_and_short_names():
     assert spec == {"name": "timm:x", "taps": [1], "args": {"a": 1}} and normalize_spec(spec) == spec
     assert short_name("torchvision:resnet50") == "resnet50"
     assert short_name({"class_path": LATENT, "init_args": {}}) == "LatentEncoder"
+    assert short_name({"name": "timm:vit_small_patch14_dinov2.lvd142m"}) == "vit_small_patch14_dinov2.lvd142m"
 
 
 # --- LoRA, instances, fixed-size exports --------------------------------------------------------------------

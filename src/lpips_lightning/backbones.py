@@ -207,9 +207,10 @@ def short_name(backbone: BackboneArg) -> str:
     """A short name fit for a folder: ``alex``, ``resnet50``, ``vit_small_patch14_dinov2``, ``LatentEncoder``."""
     if isinstance(backbone, nn.Module):
         return type(backbone).__name__
-    if isinstance(backbone, dict):
-        name = backbone.get("class_path") or backbone.get("name") or "custom"
-        name = str(name).rsplit(".", 1)[-1]
+    if isinstance(backbone, dict) and backbone.get("class_path"):
+        name = str(backbone["class_path"]).rsplit(".", 1)[-1]
+    elif isinstance(backbone, dict):
+        name = str(backbone.get("name") or "custom")
     else:
         name = str(backbone)
     return re.sub(r"[^\w.-]+", "_", name.rsplit(":", 1)[-1]) or "backbone"
