@@ -221,6 +221,22 @@ BAD_CSVS = {
         "i.tif: signed or 32-bit integer pixels (values 100000..100000) have no fixed white level",
     ),
     "broken image": (_make_broken_image, "im0.png: image does not decode"),
+    "judge contradicts the vote counts": (
+        "ref,p0,p1,judge,votes_p0,votes_p1\nim0.png,im1.png,im2.png,0.25,3,1\nim0.png,im1.png,im2.png,0.9,3,1\n",
+        "mine.csv line 3: judge 0.9 contradicts votes_p0,votes_p1 3,1 (= 0.25); give one or the other",
+    ),
+    "judge NaN beside vote counts": (
+        "ref,p0,p1,judge,votes_p0,votes_p1\nim0.png,im1.png,im2.png,nan,3,1\n",
+        "line 2: judge nan contradicts votes_p0,votes_p1 3,1",
+    ),
+    "judge unreadable beside vote counts": (
+        "ref,p0,p1,votes_p0,votes_p1,judge\nim0.png,im1.png,im2.png,3,1,x\n",
+        "line 2: bad value in votes_p0,votes_p1,judge: 3, 1, x",
+    ),
+    "votes contradicts the vote counts": (
+        "ref,p0,p1,votes,votes_p0,votes_p1\nim0.png,im1.png,im2.png,5,3,1\n",
+        "line 2: votes 5 contradicts votes_p0,votes_p1 3,1 (= 4)",
+    ),
 }
 
 
@@ -254,6 +270,15 @@ def test_csv_variants_that_must_work(tmp_path, text):
         g = f["2afc/train/mine"]
         np.testing.assert_allclose(g["judge"][()], [0.25])
         assert [int(g[k][0].max()) for k in ("ref", "p0", "p1")] == [0, 40, 80]
+
+
+def test_judge_beside_vote_counts_that_agree_is_accepted(tmp_path):
+    path = _csv(tmp_path, "ref,p0,p1,judge,votes_p0,votes_p1,votes\nim0.png,im1.png,im2.png,0.3333333,2,1,3\n")
+    out = pack(path, tmp_path / "o.h5", size=8, workers=1, progress=False)
+    with judgments.open_file(out) as f:
+        g = f["2afc/train/mine"]
+        np.testing.assert_allclose(g["judge"][()], [1 / 3])
+        assert list(g["votes"][()]) == [3]
 
 
 def test_csv_name_that_is_no_group_name_asks_for_group(tmp_path, capfd):
@@ -704,3 +729,55 @@ def test_worker_errors_come_back_as_one_line(tmp_path, capfd):
     assert "000033.png: image does not decode" in line
     with pytest.raises(PackError):
         pack(tmp_path / "b", tmp_path / "o.h5", workers=2, progress=False)
+
+
+def _children(pid: int) -> set[int]:
+    """The child processes of `pid` (all its threads'), from /proc."""
+    found: set[int] = set()
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            found.update(int(c) for c in Path(path).read_text().split())
+        except OSError:
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_parent_killed_outright(tmp_path, slow_source):
+    if not glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        pytest.skip("needs /proc/PID/task/TID/children")
+    out = tmp_path / "o.h5"
+    proc = _start_pack(slow_source, out)
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
+    proc.kill()  # SIGKILL to pack alone: nothing of it runs again
+    try:
+        # The workers hold copies of stdout/stderr: this returns only once they are gone too.
+        proc.communicate(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, f"decoding workers outlived pack: {workers}"
+            time.sleep(0.05)
+    finally:
+        for pid in workers:  # no orphans left behind by a failure
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_parent_watch_alone_ends_a_worker(monkeypatch):
+    """The fallback where PR_SET_PDEATHSIG is missing: a thread exits the worker when its parent changes."""
+    exits = []
+    monkeypatch.setattr(pack_module.os, "getppid", lambda: 1)
+    monkeypatch.setattr(pack_module.os, "_exit", exits.append)
+    monkeypatch.setattr(pack_module.time, "sleep", lambda s: None)
+    pack_module._watch_parent(os.getpid())
+    assert exits == [1]

@@ -31,7 +31,7 @@ in two streaming passes over each:
 Ctrl-C and SIGTERM are recorded while packing and acted on between blocks and before the
 final rename: the temporary file is removed, the output is left as it was, and the command
 exits with status 130 (SIGINT) or 143 (SIGTERM). Decoding workers ignore Ctrl-C; the
-parent kills them.
+parent kills them. Workers also die with a parent killed outright (SIGKILL): `_die_with_parent`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ import stat
 import sys
 import tarfile
 import threading
+import time
 import zlib
 from array import array
 from collections import deque
@@ -422,13 +423,27 @@ def plan_csv(path: Path, group: str | None = None) -> list[GroupPlan]:
                 if v0 < 0 or v1 < 0 or v0 + v1 == 0:
                     raise ValueError
                 value, votes = v1 / (v0 + v1), v0 + v1
+                given = {c: row[c] for c in (target, "votes") if c in columns}  # also present: must agree
+                if target in given and not abs(float(given[target]) - value) <= 1e-6:  # NaN included
+                    raise PackError(
+                        f"{where}: {target} {given[target]} contradicts votes_p0,votes_p1 {v0},{v1} "
+                        f"(= {value:.6g}); give one or the other"
+                    )
+                if "votes" in given and int(given["votes"]) != votes:
+                    raise PackError(
+                        f"{where}: votes {given['votes']} contradicts votes_p0,votes_p1 {v0},{v1} "
+                        f"(= {votes}); give one or the other"
+                    )
             else:
                 value = float(row[target])
                 votes = int(row["votes"]) if has_votes else None
                 if votes is not None and votes < 1:
                     raise ValueError
         except (TypeError, ValueError):
-            cols = "votes_p0,votes_p1" if counted else target + (",votes" if has_votes else "")
+            if counted:
+                cols = ",".join(c for c in ("votes_p0", "votes_p1", target, "votes") if c in columns)
+            else:
+                cols = target + (",votes" if has_votes else "")
             raise PackError(
                 f"{where}: bad value in {cols}: {', '.join(str(row.get(c)) for c in cols.split(','))}"
             ) from None
@@ -1032,15 +1047,51 @@ def _drain(tasks, inbox: queue.SimpleQueue) -> None:
             return
 
 
-def _worker(tasks, results) -> None:
+def _watch_parent(parent: int) -> None:
+    """Exit this process as soon as its parent is gone (reparented: `os.getppid` changes)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _die_with_parent(parent: int, inherited: Sequence[int]) -> None:
+    """Make sure a worker never outlives `parent`, even one killed with SIGKILL (no clean-up runs).
+
+    Linux: PR_SET_PDEATHSIG, the kernel kills this process when the parent dies (then the
+    parent is checked again: it may have died before the call). Anywhere: a thread that exits
+    when the parent is gone, within half a second. And the pipe ends the parent holds, which a
+    forked child inherits, are closed here: with them open, a write to a dead parent would block
+    forever instead of failing (EPIPE).
+    """
+    for fd in inherited:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="pack-parent").start()
+
+
+def _worker(tasks, results, parent: int | None = None, inherited: Sequence[int] = ()) -> None:
     """A decoding process: chunks of tasks in, ("ok", items) or ("error", exception) out, until EOF.
 
     A thread takes the tasks off their pipe at once: while this process waits for the parent to
     read a result larger than a pipe holds, the parent must never wait to hand it a task (a
-    deadlock as soon as more tasks are in flight than the pipe holds).
+    deadlock as soon as more tasks are in flight than the pipe holds). The worker dies with
+    its parent (`_die_with_parent`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if parent is not None:
+        _die_with_parent(parent, inherited)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_drain, args=(tasks, inbox), daemon=True, name="pack-tasks").start()
     while True:
@@ -1077,11 +1128,19 @@ class _Decoder:
         if workers < 2:
             return
         ctx = multiprocessing.get_context()
+        forked = ctx.get_start_method() == "fork"  # a forked child holds copies of all the parent's descriptors
         try:
             for _ in range(workers):
                 task_out, task_in = ctx.Pipe(duplex=False)
                 result_out, result_in = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(task_out, result_in), daemon=True, name="pack-decoder")
+                # The parent's ends, this worker's and the earlier ones': closed in the child (same numbers there).
+                inherited = [c.fileno() for c in (*self.tasks, *self.results, task_in, result_out)] if forked else []
+                proc = ctx.Process(
+                    target=_worker,
+                    args=(task_out, result_in, os.getpid(), inherited),
+                    daemon=True,
+                    name="pack-decoder",
+                )
                 proc.start()
                 task_out.close()
                 result_in.close()
