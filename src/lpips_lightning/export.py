@@ -586,32 +586,6 @@ def _write_torchscript(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, 
     return f"torch.jit.load({str(out)!r})(x0, x1)  # {INPUTS}{note}"
 
 
-def _onnx_min_size(model: LPIPS) -> int:
-    """The smallest size an ONNX export with dynamic sizes takes.
-
-    The classic three keep their minimum. Other backbones: the smallest size at which every feature
-    map is at least 2x2 (torch.export specialises sizes 0 and 1; an export whose range reaches them
-    falls back to slower strategies and may specialise).
-    """
-    import torch
-
-    if model.net.classic:
-        return max(2, model.min_size)
-
-    def wide(size: int) -> bool:
-        with torch.no_grad():
-            feats = model.net(torch.zeros(1, 3, size, size))
-        return all(min(f.shape[-2:]) >= 2 for f in feats)
-
-    low, high = max(2, model.min_size), _example_size(model)
-    if wide(low) or not wide(high):
-        return low
-    while high - low > 1:  # low is too narrow, high wide enough
-        middle = (low + high) // 2
-        low, high = (low, middle) if wide(middle) else (middle, high)
-    return high
-
-
 def _onnx_program(model: LPIPS, size: int, dynamic: bool, min_size: int = 2):
     import logging
     import warnings
@@ -669,7 +643,7 @@ def _write_onnx(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Pa
     import onnx
 
     size = _example_size(model)
-    smallest = _onnx_min_size(model)
+    smallest = max(2, model.min_size)  # torch.export takes no dynamic size below 2
     meta = {**meta, "min_size": str(smallest)}
     try:
         _onnx_program(model, size, dynamic=True, min_size=smallest).save(str(tmp), external_data=False)
