@@ -181,7 +181,7 @@ def test_images_too_small_for_the_backbone(tmp_path, capfd, imagenet_cache):
     tiny = _write_judgments(
         tmp_path / "tiny.h5", {"2afc/train/t": _group("2afc", size=1), "2afc/val/t": _group("2afc", size=1)}
     )
-    err = assert_refused(["fit", *_args(tmp_path / "runs", tiny)], capfd, tmp_path)
+    err = assert_refused(["fit", *_args(tmp_path / "runs", tiny, "--data.val", "[2afc/val/*]")], capfd, tmp_path)
     assert "1x1" in err and "minimum" in err and "alex" in err
     err = assert_refused(["evaluate", "baseline:alex", "--data", str(tiny), "--quiet"], capfd, tmp_path)
     assert "1x1" in err and "minimum" in err
@@ -341,3 +341,82 @@ def test_a_signal_stops_fit_with_its_status_and_how_to_resume(trained, tmp_path,
     assert "Traceback" not in err
     assert "--ckpt_path last --run_name long" in err.strip().splitlines()[-1]
     assert (runs / "long/last.ckpt").is_file() and _rows(runs / "long/metrics.csv")
+
+
+# --- found by a hostile pass ------------------------------------------------------------------------
+def test_resuming_from_an_older_checkpoint_of_a_run_is_refused(trained, tmp_path, capfd):
+    """Resuming run r1 from its best (older) checkpoint would rewind r1 and overwrite its history."""
+    (best,) = trained["run"].glob("best-*.ckpt")
+    err = assert_refused(
+        ["fit", *_args(trained["runs"], trained["data"], "--ckpt_path", str(best))], capfd, trained["run"]
+    )
+    assert "not the latest checkpoint" in err and "--run_name NEW" in err
+
+
+def test_an_explicit_option_equal_to_the_default_still_conflicts(trained, capfd):
+    args = _args(trained["runs"], trained["data"], "--ckpt_path", "last", "--run_name", "r1")
+    err = assert_refused(["fit", *args, "--model.variant", "tune", "--model.backbone", "alex"], capfd, trained["runs"])
+    assert "'tune'" in err and "'lin'" in err
+
+
+@pytest.mark.parametrize("name", ["", "r1/nested", "../escaped", ".hidden"])
+def test_run_names_are_one_folder_name(trained, tmp_path, capfd, name):
+    err = assert_refused(["fit", *_args(tmp_path / "runs", trained["data"], "--run_name", name)], capfd, tmp_path)
+    assert "one folder name" in err
+
+
+def test_other_bad_training_inputs_are_one_line(trained, tmp_path, capfd):
+    (tmp_path / "a_file").write_text("x")
+    assert_refused(["fit", *_args(tmp_path / "a_file", trained["data"])], capfd, tmp_path)
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    assert "not a YAML file" in assert_refused(["fit", "--config", str(tmp_path / "binary.yaml")], capfd, tmp_path)
+    assert "unknown command 'frobnicate'" in assert_refused(["frobnicate"], capfd, tmp_path)
+
+
+def test_outputs_never_replace_devices_pipes_or_inputs(trained, tmp_path, capfd):
+    os.mkfifo(tmp_path / "fifo.pth")
+    err = assert_refused(
+        ["export", str(trained["run"] / "last.ckpt"), str(tmp_path / "fifo.pth"), "--overwrite"], capfd, tmp_path
+    )
+    assert "not a regular file" in err
+    data = tmp_path / "results.json"
+    data.write_bytes(trained["data"].read_bytes())
+    err = assert_refused(
+        ["evaluate", "l2", "--data", str(data), "--out", str(tmp_path), "--overwrite", "--quiet"], capfd, tmp_path
+    )
+    assert "input" in err
+
+
+@pytest.mark.parametrize("option", [["--val", "-1"], ["--train", "100000000"], ["--seed", "-1"]])
+def test_demo_data_options_out_of_range(tmp_path, capfd, option):
+    assert_refused(["demo-data", str(tmp_path / "d.h5"), *option], capfd, tmp_path)
+
+
+def test_checkpoint_with_misshapen_weights_is_one_line(trained, tmp_path, capfd):
+    ckpt = torch.load(trained["run"] / "last.ckpt", weights_only=True)
+    key = next(k for k in ckpt["state_dict"] if k.startswith("lpips.heads"))
+    ckpt["state_dict"][key] = ckpt["state_dict"][key].reshape(-1)[:-1].clone()
+    torch.save(ckpt, tmp_path / "shape.ckpt")
+    err = assert_refused(
+        ["fit", *_args(tmp_path / "runs", trained["data"], "--ckpt_path", str(tmp_path / "shape.ckpt"))],
+        capfd,
+        tmp_path,
+    )
+    assert key.split(".", 1)[1] in err or key in err
+
+
+def test_version_0_0_is_not_exported_to_the_lpips_pth(trained, tmp_path, capfd):
+    runs = tmp_path / "runs"
+    assert (
+        main(
+            [
+                "fit",
+                *_args(
+                    runs, trained["data"], "--model.version", "0.0", "--trainer.max_epochs", "1", "--run_name", "v0"
+                ),
+            ]
+        )
+        == 0
+    )
+    err = assert_refused(["export", str(runs / "v0/last.ckpt"), str(tmp_path / "v0.pth")], capfd, tmp_path)
+    assert "version 0.0" in err and ".safetensors" in err

@@ -109,6 +109,17 @@ class ResumableCSVLogger(CSVLogger):
         super().__init__(*args, **kwargs)
         self.keep_until_step = keep_until_step
 
+    def _before_resume(self, row: dict) -> bool:
+        """Whether a row was logged before the checkpoint.
+
+        Earlier steps, and at the checkpoint's step the finished epoch's rows: an epoch-start
+        row there (the learning rate) is logged again by the resumed run.
+        """
+        if not row.get("step"):
+            return False
+        step = int(float(row["step"]))
+        return step < self.keep_until_step or (step == self.keep_until_step and bool(row.get("epoch")))
+
     @property
     @rank_zero_experiment
     def experiment(self):
@@ -121,7 +132,7 @@ class ResumableCSVLogger(CSVLogger):
             with open(path, newline="") as fh:
                 reader = csv.DictReader(fh)
                 header = list(reader.fieldnames or [])
-                kept = [r for r in reader if r.get("step", "") != "" and int(float(r["step"])) <= self.keep_until_step]
+                kept = [r for r in reader if self._before_resume(r)]
             path.unlink()  # Lightning's writer would delete it anyway; it is rewritten below
         experiment = super().experiment
         if header:

@@ -130,7 +130,7 @@ def _cli_class():
     from pytorch_lightning.cli import LightningCLI
 
     from .callbacks import FitSummary, SubsetChart
-    from .runs import RunFolder
+    from .runs import RunFolder, explicit_options
 
     class LPIPSCLI(LightningCLI):
         """LightningCLI with run folders: checkpoints, logs, config and charts in runs_dir/<run_name>/."""
@@ -153,8 +153,9 @@ def _cli_class():
             if not subcommand:
                 return super()._parse_ckpt_path()
             config = self.config[subcommand]
-            check_accelerator(config.trainer, [str(getattr(f, "relative", f)) for f in config.get("config") or []])
-            self.run = RunFolder(subcommand, config)
+            files = [str(getattr(f, "relative", f)) for f in config.get("config") or []]
+            check_accelerator(config.trainer, files)
+            self.run = RunFolder(subcommand, config, explicit_options(_ARGV, files))
             _ACTIVE[:] = [self]
             super()._parse_ckpt_path()
             for key, value in self.run.keep_options.items():
@@ -171,9 +172,10 @@ def _cli_class():
         def instantiate_trainer(self, **kwargs):
             config = self.config_init[self.subcommand]
             model, data = self.config_init[self.subcommand].get("model"), self.config_init[self.subcommand].get("data")
-            if hasattr(model, "check_data"):  # images too small for the backbone: refused before any output
+            resolved = getattr(data, "path", None) is not None  # the demo set is built later, by prepare_data
+            if resolved and hasattr(model, "check_data"):  # images too small for the backbone: refused now
                 model.check_data(data)
-            if self.subcommand == "fit" and hasattr(data, "groups") and not data.groups("val"):
+            if resolved and self.subcommand == "fit" and hasattr(data, "groups") and not data.groups("val"):
                 raise ConfigError(
                     f"{data.file}: no validation groups (data.val {data.val_patterns}); fit scores each epoch on "
                     "held-out judgments to keep the best checkpoint: pack some into a 2afc/val/<name> group"
@@ -217,6 +219,7 @@ def _cli_class():
 
 
 _ACTIVE: list = []  # the LightningCLI being run, to tell an interrupted run from other exits
+_ARGV: list[str] = []  # its command line, to tell options a user gave from defaults
 
 
 def _interrupted(done: SystemExit) -> KeyboardInterrupt | None:
@@ -229,13 +232,15 @@ def _interrupted(done: SystemExit) -> KeyboardInterrupt | None:
     if trainer is None or not trainer.interrupted:
         return None
     sigterm = type(done).__name__ == "SIGTERMException"
+    folder = cli.run.path
+    if cli.subcommand != "fit" or folder.parent != cli.run.runs_dir:
+        how = f"its folder: {folder}"
+    elif (folder / "last.ckpt").is_file():
+        how = f"resume it with: lpips-lightning fit ... --ckpt_path last --run_name {folder.name}"
+    else:
+        how = f"it had no checkpoint yet: delete {folder} and start again, or start with another --run_name"
     err = KeyboardInterrupt(
-        f"{'SIGTERM' if sigterm else 'Ctrl-C'} stopped the run in epoch {trainer.current_epoch}; "
-        + (
-            f"resume it with: lpips-lightning fit ... --ckpt_path last --run_name {cli.run.path.name}"
-            if cli.subcommand == "fit" and cli.run.path.parent == cli.run.runs_dir
-            else f"its folder: {cli.run.path}"
-        )
+        f"{'SIGTERM' if sigterm else 'Ctrl-C'} stopped the run in epoch {trainer.current_epoch}; {how}"
     )
     err.status = 143 if sigterm else 130
     return err
@@ -244,8 +249,13 @@ def _interrupted(done: SystemExit) -> KeyboardInterrupt | None:
 def run_training(argv: Sequence[str], run: bool = True):
     """Run LightningCLI (fit/validate/test) on `argv`; return the CLI object."""
     _ACTIVE.clear()
+    _ARGV[:] = list(argv)
     try:
         return _run_training(argv, run)
+    except LPIPSLightningError:
+        if _ACTIVE and getattr(_ACTIVE[0], "run", None) is not None:
+            _ACTIVE[0].run.release()
+        raise
     except SystemExit as done:
         interrupted = _interrupted(done)
         if interrupted is None:
@@ -305,6 +315,23 @@ def _raise_terminated(signum, frame) -> None:
     raise Interrupted(signum)
 
 
+TRAINING = ("fit", "validate", "test")
+
+
+def _check_config_files(argv: Sequence[str]) -> None:
+    """A --config that is not a readable text file: one line (jsonargparse would print a traceback)."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("--config", "-c"):
+            try:
+                Path(value).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"--config {value}: not a YAML file (binary content)") from None
+            except IsADirectoryError:
+                raise ConfigError(f"--config {value}: is a folder, not a YAML file") from None
+            except OSError:
+                pass  # jsonargparse says that a file is missing in one line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lpips-lightning`` console script and of ``train.py``."""
     import signal
@@ -314,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not argv or argv[0] in ("-h", "--help"):
             print(HELP)
             return 0
+        if argv[0] not in TOOLS and argv[0] not in TRAINING and not argv[0].startswith("-"):
+            raise ConfigError(f"unknown command {argv[0]!r}; choose one of: {', '.join([*TRAINING, *TOOLS])}")
         if argv[0] in TOOLS:
             # SIGTERM (kill, a scheduler's time limit) cleans up like Ctrl-C; Lightning handles its own
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -321,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return TOOLS[argv[0]](argv[1:])
             finally:
                 signal.signal(signal.SIGTERM, previous)
+        _check_config_files(argv)
         run_training(argv)
         return 0
     except LPIPSLightningError as err:

@@ -12,14 +12,16 @@ from collections.abc import Sequence
 
 from .errors import ConfigError, LPIPSLightningError
 
+MAX_SIZE = 4096  # as pack's --size: larger images exhaust memory before they are compared
+
 
 def _pixels(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of pixels, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {value}")
+    if not 1 <= value <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"must be a number of pixels from 1 to {MAX_SIZE}, got {value}")
     return value
 
 

@@ -353,14 +353,24 @@ def main(argv: Sequence[str]) -> int:
         taken = [n for n in OUTPUT_FILES if (out / n).exists()]
         if taken and not args.overwrite:
             raise ConfigError(f"--out {out}: already holds {', '.join(taken)}; pass --overwrite or another folder")
-        if not out.parent.is_dir() or not os.access(out if out.is_dir() else out.parent, os.W_OK):
-            raise ConfigError(f"--out {out}: cannot write there (missing or read-only parent folder)")
+        from .outputs import check_output
+
+        inputs = [args.data, *(m for m in args.models if Path(m).exists())]
+        for name in OUTPUT_FILES:  # never an input of this command, never a device or pipe
+            if (out / name).exists() or out.is_dir():
+                check_output(out / name, overwrite=True, inputs=inputs, what="evaluation result")
+        try:  # before any scoring: a folder that cannot be made fails now, not after an hour
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"--out {out}: cannot write there ({err.strerror or type(err).__name__})") from None
     pick_device(args.device)  # before any model is loaded
     models = {_label(spec, args.models): resolve_model(spec) for spec in args.models}
     result = evaluate(models, args.data, args.groups, args.batch_size, args.device, progress=not args.quiet)
     print(table(result["scores"], result["groups"]))
     if out is not None:
-        out.mkdir(exist_ok=True)
         for path in write_outputs(result, out):
             print(f"wrote {path}")
     return 0

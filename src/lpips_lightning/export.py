@@ -500,6 +500,13 @@ def export(
                 f"{out}: the lpips package's .pth format describes alex, vgg and squeeze only, not backbone "
                 f"{name}; export it as .safetensors, .pt (TorchScript) or .onnx"
             )
+        if str(hp.get("version", "0.1")) != "0.1":
+            # the .pth holds weights only: whoever loads it (this package, lpips, torchmetrics) would
+            # assume version 0.1's input scaling and compute another distance
+            raise ConfigError(
+                f"{out}: the lpips package's .pth cannot record version {hp.get('version')} (loaders assume 0.1 "
+                "and would compute other distances); export it as .safetensors, .pt (TorchScript) or .onnx"
+            )
     if size is not None and size < 1:
         raise ConfigError(f"--size must be a positive number of pixels, got {size}")
     model, hp, info = model_from_checkpoint(ckpt)

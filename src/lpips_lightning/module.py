@@ -174,6 +174,15 @@ class LPIPSModule(LightningModule):
                 TwoAFCScore() if judgments.kind_of(g) == "2afc" else JNDAveragePrecision() for g in groups
             )
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load weights; a checkpoint whose keys or shapes do not fit is refused in one line naming them."""
+        if strict:
+            from .weights import check_fits
+
+            source = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            check_fits(self.state_dict(), state_dict, str(source or "the checkpoint"))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def configure_model(self) -> None:
         # before the strategy moves and wraps the model (DDP's buckets follow the layout). The
         # heads too: a 1x1 head over channels-last features gets channels-last gradient strides,

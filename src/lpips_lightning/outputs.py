@@ -83,6 +83,8 @@ def check_output(
     for source in inputs:
         if os.path.abspath(source) == absolute or (target is not None and _identity(source) == target):
             raise OutputError(f"{path} is also an input of this command; write the {what} to another name")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path} is not a regular file (a device, pipe or socket); write the {what} elsewhere")
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; pass --overwrite to replace it")
     folder = path.parent

@@ -72,6 +72,12 @@ def _owning_run(ckpt: Path, runs_dir: Path) -> Path | None:
     return None
 
 
+def _backbone_name(backbone) -> str:
+    from .backbones import short_name
+
+    return short_name(backbone)
+
+
 def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
@@ -96,11 +102,38 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def refuse_conflicts(model_config, hp: dict, ckpt: str) -> dict:
+def check_run_name(name: str | None) -> None:
+    """A run name is one folder name: not empty, no path separators, not ``.`` or ``..``."""
+    if name is None:
+        return
+    if not name.strip() or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise ConfigError(f"--run_name {name!r}: a run name is one folder name (no '/', not empty, not hidden)")
+
+
+def explicit_options(argv: list[str], config_files: list[str], section: str = "model") -> set[str]:
+    """The `section` options a user gave: ``--model.X`` on the command line or ``model: {X: ...}`` in a --config."""
+    import yaml
+
+    given = set()
+    for arg in argv:
+        if arg.startswith(f"--{section}."):
+            given.add(arg[len(section) + 3 :].split("=", 1)[0].split(".", 1)[0])
+    for path in config_files:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        block = data.get(section) if isinstance(data, dict) else None
+        if isinstance(block, dict):
+            given |= set(block.get("init_args", block))
+    return given
+
+
+def refuse_conflicts(model_config, hp: dict, ckpt: str, explicit: set[str] = frozenset()) -> dict:
     """Raise if an option given for the model contradicts the checkpoint; return the runtime options to keep.
 
-    An option counts as given when it differs from `LPIPSModule`'s default (a value equal to
-    the default cannot be told apart from no value, and is taken from the checkpoint).
+    An option counts as given when it is in `explicit` (on the command line or in a config
+    file) or differs from `LPIPSModule`'s default.
     """
     from .module import LPIPSModule
 
@@ -108,7 +141,7 @@ def refuse_conflicts(model_config, hp: dict, ckpt: str) -> dict:
     keep = {}
     for key, default in defaults.items():
         given = model_config.get(key, default)
-        if _same(given, default) or key not in hp or _same(given, hp[key]):
+        if (_same(given, default) and key not in explicit) or key not in hp or _same(given, hp[key]):
             continue
         if key in RUNTIME_OPTIONS:
             keep[key] = given
@@ -123,9 +156,12 @@ def refuse_conflicts(model_config, hp: dict, ckpt: str) -> dict:
 class RunFolder:
     """Where one fit/validate/test writes, decided right after the command line is parsed."""
 
-    def __init__(self, subcommand: str, config) -> None:
+    def __init__(self, subcommand: str, config, explicit_model_options: set[str] | None = None) -> None:
         self.subcommand = subcommand
         self.runs_dir = Path(config.runs_dir)
+        if self.runs_dir.exists() and not self.runs_dir.is_dir():
+            raise ConfigError(f"--runs_dir {self.runs_dir} is a file; give a folder for the run folders")
+        check_run_name(config.run_name)
         self.resume = False
         self.keep_options: dict = {}
         self.resume_step: int | None = None
@@ -134,7 +170,7 @@ class RunFolder:
             ckpt = config.ckpt_path = str(self._last_checkpoint(config))
         if ckpt is not None:
             hp = check_checkpoint(ckpt)
-            self.keep_options = refuse_conflicts(config.model, hp, ckpt)
+            self.keep_options = refuse_conflicts(config.model, hp, ckpt, explicit_model_options or set())
         inherited = _inherited_run_dir()
         if inherited is not None:
             self.path, self.explicit = inherited, True
@@ -170,18 +206,25 @@ class RunFolder:
         named = config.run_name
         if self.subcommand == "fit":
             if owner is not None and (named is None or named == owner.name):
+                last = owner / "last.ckpt"
+                if not (last.is_file() and os.path.samefile(last, ckpt)):
+                    raise ConfigError(
+                        f"--ckpt_path {ckpt} is not the latest checkpoint of run {owner.name} (its last.ckpt): "
+                        "resuming the run from it would rewind and overwrite its history; "
+                        "to train on from it, give the new run a name: --run_name NEW"
+                    )
                 self.resume = True
                 return owner, True
             if named is not None:
                 return self.runs_dir / named, True
-            base = f"{config.model.variant}_{config.model.backbone}"
+            base = f"{config.model.variant}_{_backbone_name(config.model.backbone)}"
             return self._multiprocess_name(base) or (self.runs_dir / f"{base}-{_stamp()}", False)
         # validate / test: a new folder, inside the evaluated run when there is one
         if named is not None and getattr(self, "_last_of", None) is None:
             return self.runs_dir / named, True
         if owner is not None:
             return owner / f"{self.subcommand}-{_stamp()}", False
-        base = f"{self.subcommand}-{config.model.variant}_{config.model.backbone}"
+        base = f"{self.subcommand}-{config.model.variant}_{_backbone_name(config.model.backbone)}"
         return self._multiprocess_name(base) or (self.runs_dir / f"{base}-{_stamp()}", False)
 
     def _multiprocess_name(self, base: str) -> tuple[Path, bool] | None:
@@ -220,8 +263,17 @@ class RunFolder:
         return path
 
     def release(self) -> None:
-        """Remove the folder `reserve` made if nothing was written into it."""
-        if getattr(self, "_made", False) and self.path.is_dir() and not any(self.path.iterdir()):
+        """Remove the folder `reserve` made if nothing but the run's config was written into it.
+
+        A run refused before it trained (a checkpoint that does not fit, images too small)
+        leaves no folder behind to take its name.
+        """
+        if not getattr(self, "_made", False) or not self.path.is_dir():
+            return
+        entries = list(self.path.iterdir())
+        if all(e.is_file() and e.name in ("config.yaml", "hparams.yaml") for e in entries):
+            for e in entries:
+                e.unlink()
             self.path.rmdir()
 
 

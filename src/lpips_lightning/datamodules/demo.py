@@ -195,6 +195,10 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--jnd", type=int, default=500, help="JND pairs")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
+    for name, low, high in (("seed", 0, 2**32 - 1), ("train", 1, 1_000_000), ("val", 1, 100_000), ("jnd", 1, 100_000)):
+        value = getattr(args, name)
+        if not low <= value <= high:
+            raise JudgmentsError(f"--{name} {value}: must be from {low} to {high}")
     out = build_demo(args.out, args.seed, args.train, args.val, args.jnd, args.overwrite)
     print(f"wrote {out} (simulated judgments on scikit-image photos, seed {args.seed})")
     return 0
