@@ -264,7 +264,11 @@ def run_training(argv: Sequence[str], run: bool = True):
 
 
 def _run_training(argv: Sequence[str], run: bool = True):
+    import logging
     import warnings
+
+    # "Seed set to 0" would come before any one-line refusal; the seed is in the saved config anyway
+    logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
 
     from .callbacks import SaveConfig
     from .datamodules import JudgmentsDataModule
