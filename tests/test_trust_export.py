@@ -336,8 +336,9 @@ def test_distance_bad_input_one_line(pngs, tmp_path, capfd, imagenet_cache):
         (["distance", a, b, "--backbone", "resnet"], "unknown backbone 'resnet'; choose one of: alex, vgg, squeeze"),
         (["distance", a, b, "--version", "0.0"], "--version 0.0 has no official heads"),
         (["distance", a, b, "--version", "0.2", "--heads", "none"], "unknown version '0.2'"),
-        (["distance", a, b, "--resize", "0"], "must be a positive number of pixels, got 0"),
-        (["distance", a, b, "--resize", "-3"], "must be a positive number of pixels, got -3"),
+        (["distance", a, b, "--resize", "0"], "must be a number of pixels from 1 to 4096, got 0"),
+        (["distance", a, b, "--resize", "-3"], "must be a number of pixels from 1 to 4096, got -3"),
+        (["distance", a, b, "--resize", "100000"], "must be a number of pixels from 1 to 4096, got 100000"),
         (["distance", a, b, "--model", str(tmp_path / "nope.pt")], "nope.pt: no such model file"),
         (["distance", a, b, "--heads", str(tmp_path / "nope.pth")], "nope.pth: no such weights file"),
     ]
