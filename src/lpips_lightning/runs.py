@@ -86,14 +86,14 @@ def _taken(folder: Path) -> bool:
     return folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
 
 
-def check_checkpoint(ckpt: str) -> dict:
-    """The hyperparameters of a plain lpips-lightning checkpoint; one clear line for anything else."""
+def check_checkpoint(ckpt: str) -> tuple[dict, dict]:
+    """(hyperparameters, info) of a plain lpips-lightning checkpoint; one clear line for anything else."""
     from .export import read_checkpoint
 
     if not Path(ckpt).is_file():
         raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file")
-    hp, _, _ = read_checkpoint(ckpt)
-    return hp
+    hp, _, info = read_checkpoint(ckpt)
+    return hp, info
 
 
 def _same(a, b) -> bool:
@@ -168,8 +168,9 @@ class RunFolder:
         ckpt = config.get("ckpt_path")
         if ckpt == "last":
             ckpt = config.ckpt_path = str(self._last_checkpoint(config))
+        info: dict = {}
         if ckpt is not None:
-            hp = check_checkpoint(ckpt)
+            hp, info = check_checkpoint(ckpt)
             self.keep_options = refuse_conflicts(config.model, hp, ckpt, explicit_model_options or set())
         inherited = _inherited_run_dir()
         if inherited is not None:
@@ -180,7 +181,7 @@ class RunFolder:
         self.path, self.explicit = self._choose(config, ckpt)
         if self.resume:
             rank_zero_print(f"resuming run {self.path.name} from {Path(ckpt).name}")
-            self.resume_step = _checkpoint_step(ckpt)
+            self.resume_step = info.get("global_step")
         elif self.explicit and global_rank_zero() and _taken(self.path):
             raise ConfigError(
                 f"run folder {self.path} already holds a run; choose another --run_name, or resume that run "
@@ -275,15 +276,6 @@ class RunFolder:
             for e in entries:
                 e.unlink()
             self.path.rmdir()
-
-
-def _checkpoint_step(ckpt: str) -> int | None:
-    import torch
-
-    try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=True).get("global_step"))
-    except Exception:
-        return None
 
 
 def print_error_once(message: str) -> None:

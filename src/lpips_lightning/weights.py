@@ -290,7 +290,12 @@ def read_checkpoint(path: str | os.PathLike, error: type[Exception] = WeightsErr
         if isinstance(cb_state, dict) and cb_state.get("best_model_score") is not None:
             scores["best_val_2afc_mean"] = float(cb_state["best_model_score"])
     backbone = ckpt.get(CHECKPOINT_BACKBONE_KEY)
-    info = {"scores": scores, "epoch": ckpt.get("epoch"), "backbone": backbone if isinstance(backbone, dict) else None}
+    info = {
+        "scores": scores,
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "backbone": backbone if isinstance(backbone, dict) else None,
+    }
     return dict(hp), weights, info
 
 
