@@ -41,6 +41,45 @@ def imagenet_cache() -> Path:
     return home
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster, and on a busy 2-core machine far faster (no spinning workers).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")`` in a module.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def harmless_sigint():
+    """SIGINT and SIGTERM do nothing unless the code under test handles them (never a KeyboardInterrupt into pytest)."""
+    import signal
+
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def assert_cache_matches_full(model, dataset, index) -> None:
+    """The feature cache's distances and head gradients equal the full path's for training items `index`."""
+    batch = dataset.read_images(index)
+    batch["judge"] = dataset.targets[index]
+    heads = [h.weight for h in model.lpips.heads]
+    model.train()
+    cd0, cd1 = model.cached_distances(index)
+    grads_cache = torch.autograd.grad(model.rank_head(cd0, cd1, batch["judge"]), heads)
+    fd0, fd1 = model.triplet_distances(batch)
+    grads_full = torch.autograd.grad(model.rank_head(fd0, fd1, batch["judge"]), heads)
+    torch.testing.assert_close(cd0, fd0, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(cd1, fd1, rtol=1e-5, atol=1e-8)
+    for a, b in zip(grads_cache, grads_full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+
+
 @pytest.fixture(scope="session")
 def session_tmp() -> Path:
     return _SESSION_TMP

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_refused, cpu_trainer
+from conftest import assert_cache_matches_full, assert_refused, cpu_trainer
 from torch import nn
 
 from lpips_lightning import LPIPS, load
@@ -34,13 +34,7 @@ FAMILIES = {
 EXPORTS = (".safetensors", ".pt", ".onnx")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and on a busy 2-core machine far faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -199,18 +193,7 @@ def test_feature_cache_matches_the_full_path(trained, data):
     assert model._cache[0].shape == (8, sum(model.lpips.net.channels))
     dataset = dm.datasets["train"][0]
     index = torch.tensor([3, 0, 7])
-    batch = dataset.read_images(index)
-    batch["judge"] = dataset.targets[index]
-    heads = [h.weight for h in model.lpips.heads]
-    model.train()
-    cd0, cd1 = model.cached_distances(index)
-    grads_cache = torch.autograd.grad(model.rank_head(cd0, cd1, batch["judge"]), heads)
-    fd0, fd1 = model.triplet_distances(batch)
-    grads_full = torch.autograd.grad(model.rank_head(fd0, fd1, batch["judge"]), heads)
-    torch.testing.assert_close(cd0, fd0, rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(cd1, fd1, rtol=1e-5, atol=1e-8)
-    for a, b in zip(grads_cache, grads_full):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+    assert_cache_matches_full(model, dataset, index)
 
 
 # --- the families' facts -------------------------------------------------------------------------------

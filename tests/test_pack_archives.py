@@ -471,13 +471,6 @@ def test_signal_mid_archive_leaves_nothing(tmp_path, slow_archive, signum, statu
         time.sleep(0.05)
 
 
-@pytest.fixture
-def harmless_sigint():
-    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
 
 def test_signal_while_indexing_stops_at_once(tmp_path, mirror, monkeypatch, harmless_sigint):
     source = _copy(mirror, tmp_path / "data")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cpu_trainer
+from conftest import assert_cache_matches_full, cpu_trainer
 
 from lpips_lightning.datamodules import JudgmentsDataModule
 from lpips_lightning.errors import ConfigError
@@ -33,19 +33,7 @@ def test_feature_cache_gives_the_same_distances_and_gradients(bapps_h5):
     dataset = dm.datasets["train"][0]
     assert dataset.index_only and "ref" not in dataset.__getitems__([0, 1])
     index = torch.tensor([3, 0, 7, 11])
-    batch = dataset.read_images(index)
-    batch["judge"] = dataset.targets[index]
-    heads = [h.weight for h in model.lpips.heads]
-
-    model.train()
-    cd0, cd1 = model.cached_distances(index)
-    grads_cache = torch.autograd.grad(model.rank_head(cd0, cd1, batch["judge"]), heads)
-    fd0, fd1 = model.triplet_distances(batch)
-    grads_full = torch.autograd.grad(model.rank_head(fd0, fd1, batch["judge"]), heads)
-    torch.testing.assert_close(cd0, fd0, rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(cd1, fd1, rtol=1e-5, atol=1e-8)
-    for a, b in zip(grads_cache, grads_full):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+    assert_cache_matches_full(model, dataset, index)
 
 
 def test_feature_cache_trains_through_lightning(bapps_h5, tmp_path):

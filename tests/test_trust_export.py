@@ -26,13 +26,7 @@ FORMATS = [".ckpt", ".pth", ".safetensors", ".pt", ".onnx"]
 MIN_ALEX = "smaller than the 31x31 minimum of backbone alex"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and on a busy 2-core machine far faster (no spinning workers)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -640,14 +640,6 @@ def test_stale_temp_of_a_dead_process_is_removed_a_live_ones_kept(tmp_path, capf
 
 
 # in-process: the signal arrives where raising it would be swallowed, or just before the rename
-@pytest.fixture
-def harmless_sigint():
-    """SIGINT and SIGTERM do nothing unless pack handles them (never a KeyboardInterrupt into pytest itself)."""
-    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
 
 class _SignalOnDelete:
     def __init__(self, signum):
