@@ -70,7 +70,7 @@ def assert_cache_matches_full(model, dataset, index) -> None:
     batch["judge"] = dataset.targets[index]
     heads = [h.weight for h in model.lpips.heads]
     model.train()
-    cd0, cd1 = model.cached_distances(index)
+    cd0, cd1 = model.steps.cached_distances(index)
     grads_cache = torch.autograd.grad(model.rank_head(cd0, cd1, batch["judge"]), heads)
     fd0, fd1 = model.triplet_distances(batch)
     grads_full = torch.autograd.grad(model.rank_head(fd0, fd1, batch["judge"]), heads)

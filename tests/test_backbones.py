@@ -189,8 +189,8 @@ def test_feature_cache_matches_the_full_path(trained, data):
         for h in model.lpips.heads:
             h.weight.uniform_(0, 1)
     trainer, dm = _setup(data, model)
-    model._cache = model._build_cache(chunk=3)
-    assert model._cache[0].shape == (8, sum(model.lpips.net.channels))
+    cache = model.steps.build_cache(chunk=3)
+    assert cache.shape == (2, 8, sum(model.lpips.net.channels))
     dataset = dm.datasets["train"][0]
     index = torch.tensor([3, 0, 7])
     assert_cache_matches_full(model, dataset, index)

@@ -289,11 +289,12 @@ def test_multi_process_runs_agree_on_the_folder(tmp_path, monkeypatch):
 def test_gradient_strides_match_their_weights_for_ddp(variant):
     """DDP's buckets take each weight's strides: a gradient laid out otherwise makes DDP warn and copy."""
     from lpips_lightning.module import LPIPSModule
+    from lpips_lightning.steps import Steps
 
     model = LPIPSModule(variant=variant, pretrained=False)
     model.configure_model()
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    loss, _, _ = model._train_loss(x, x.flip(0), x.flip(1), torch.rand(2))
+    loss, _, _ = Steps(model).loss(x, x.flip(0), x.flip(1), torch.rand(2))
     loss.backward()
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trained

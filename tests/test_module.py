@@ -110,13 +110,13 @@ def test_loss_falls_on_a_tiny_learnable_set(tmp_path):
 
     class EpochLoss(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            batch_losses.append(float(outputs["loss"]))
+            batch_losses.append(float(trainer.callback_metrics["train/loss"]))  # logged every step here
 
         def on_train_epoch_end(self, trainer, pl_module):
             losses.append(sum(batch_losses) / len(batch_losses))
             batch_losses.clear()
 
     dm = JudgmentsDataModule(str(data), val=["2afc/val/*"], batch_size=25)
-    _trainer(tmp_path, max_epochs=6, limit_val_batches=0, callbacks=[EpochLoss()]).fit(model, dm)
+    _trainer(tmp_path, max_epochs=6, limit_val_batches=0, log_every_n_steps=1, callbacks=[EpochLoss()]).fit(model, dm)
     assert len(losses) == 6
     assert losses[-1] < losses[0] - 0.02, losses

@@ -9,6 +9,7 @@ from conftest import assert_cache_matches_full, cpu_trainer
 from lpips_lightning.datamodules import JudgmentsDataModule
 from lpips_lightning.errors import ConfigError
 from lpips_lightning.module import LPIPSModule
+from lpips_lightning.steps import Steps
 
 
 def _setup(path, module, **kw):
@@ -19,6 +20,7 @@ def _setup(path, module, **kw):
     dm.trainer = trainer
     dm.setup("fit")
     module.trainer = trainer
+    module.steps = Steps(module)
     return trainer, dm
 
 
@@ -29,7 +31,7 @@ def test_feature_cache_gives_the_same_distances_and_gradients(bapps_h5):
         for h in model.lpips.heads:
             h.weight.uniform_(0, 1)
     trainer, dm = _setup(bapps_h5, model)
-    model._cache = model._build_cache(chunk=5)  # chunks smaller than the data: stitched in order
+    model.steps.build_cache(chunk=5)  # chunks smaller than the data: stitched in order
     dataset = dm.datasets["train"][0]
     assert dataset.index_only and "ref" not in dataset.__getitems__([0, 1])
     index = torch.tensor([3, 0, 7, 11])
@@ -41,7 +43,7 @@ def test_feature_cache_trains_through_lightning(bapps_h5, tmp_path):
     before = [h.weight.clone() for h in model.lpips.heads]
     trainer = cpu_trainer(tmp_path, max_epochs=2)
     trainer.fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
-    assert model._cache is not None and model._cache[0].shape == (12, sum(model.lpips.net.channels))
+    assert model.steps.cache is not None and model.steps.cache.shape == (2, 12, sum(model.lpips.net.channels))
     assert any(not torch.equal(a, h.weight) for a, h in zip(before, model.lpips.heads))
     assert all((h.weight >= 0).all() for h in model.lpips.heads)
     assert "val/2afc/cnn" in model.scores["val"]

@@ -27,7 +27,9 @@ class BCERankingHead(nn.Module):
         )
 
     def logit(self, d0: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
-        x = torch.stack([d0, d1, d0 - d1, d0 / (d1 + self.eps), d1 / (d0 + self.eps)], dim=1)
+        d = torch.stack([d0, d1], dim=1)
+        ratios = d / (d.flip(1) + self.eps)  # d0 / (d1 + eps), d1 / (d0 + eps): one op each way, not two
+        x = torch.cat([d, (d0 - d1).unsqueeze(1), ratios], dim=1)
         return self.net(x).squeeze(1)
 
     def forward(self, d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> torch.Tensor:

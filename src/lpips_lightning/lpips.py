@@ -40,21 +40,26 @@ def normalize_tensor(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return x / (norm + eps)
 
 
-_BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
+# bit i of every byte value b, times 2: row b is the dropout mask that byte b unpacks to
+_BYTE_MASKS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).float() * 2
+_MASKS_BY_DTYPE: dict[torch.dtype, torch.Tensor] = {}
 
 
 def dropout_half(x: torch.Tensor) -> torch.Tensor:
     """Dropout with p = 0.5 in training (zero half, double the rest), like ``F.dropout(x, 0.5)``.
 
-    On the CPU the mask is unpacked from random bytes, eight draws per byte: 15x faster than
-    `F.dropout`'s Bernoulli sampling, which took a third of a CPU training step.
+    On the CPU the mask is unpacked from random bytes, eight draws per byte, through a table of
+    the 256 bytes' masks: 15x faster than `F.dropout`'s Bernoulli sampling, which took a third
+    of a CPU training step.
     """
     if x.device.type != "cpu":
         return F.dropout(x, 0.5, True)
+    table = _MASKS_BY_DTYPE.get(x.dtype)
+    if table is None:
+        table = _MASKS_BY_DTYPE[x.dtype] = _BYTE_MASKS.to(x.dtype)
     n = x.numel()
-    random_bytes = torch.randint(0, 256, ((n + 7) // 8,), dtype=torch.uint8)
-    mask = ((random_bytes.unsqueeze(1) >> _BIT_SHIFTS) & 1).flatten()[:n].view(x.shape)
-    return x * (mask * 2).to(x.dtype)
+    random_bytes = torch.randint(0, 256, ((n + 7) // 8,))  # int64: an index, not a boolean mask
+    return x * table[random_bytes].flatten()[:n].view(x.shape)
 
 
 def to_unit_range(x: torch.Tensor, normalize: bool = False) -> torch.Tensor:

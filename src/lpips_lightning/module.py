@@ -8,14 +8,15 @@ from torch import nn
 
 from . import judgments
 from .datamodules.judgments_datamodule import epoch_seed
-from .errors import ConfigError, TrainingError, check_choice
+from .errors import ConfigError, check_choice
 from .heads import make_head
-from .lpips import LPIPS, dropout_half, normalize_tensor, to_unit_range
+from .lpips import LPIPS, to_unit_range
 from .metrics import JNDAveragePrecision, TwoAFCScore
+from .steps import CACHE_STEPS_PER_CALL, Steps
 from .weights import CHECKPOINT_BACKBONE_KEY
 
 VARIANTS = ("lin", "tune", "scratch")
-CACHE_STEPS_PER_CALL = 64
+CAPTURE = (True, False, "auto")
 
 
 def lr_factor(epoch: int, epochs_constant: int, epochs_decay: int) -> float:
@@ -76,7 +77,12 @@ class LPIPSModule(LightningModule):
             of each pixel's difference. Validation always runs the full path.
         channels_last: run the backbone in channels-last memory format (faster convolutions on GPU and CPU).
         compile: ``torch.compile`` the training computation: ``false``, ``true`` (default mode),
-            ``reduce-overhead`` (CUDA graphs: small batches stop being launch-bound) or ``max-autotune``.
+            ``reduce-overhead`` or ``max-autotune`` (with `capture`, their CUDA graphs give way to the
+            captured step's own).
+        capture: record each training step (forward, backward, Adam, the head clamp, the running
+            training values) as one CUDA graph and replay it: ``auto`` (default: on CUDA, one
+            process, precision 32 or bf16), ``true`` or ``false``. Where it cannot apply (DDP,
+            16-mixed) the run says so in one line and takes the eager step. See `lpips_lightning.steps`.
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class LPIPSModule(LightningModule):
         feature_cache: bool = False,
         channels_last: bool = True,
         compile: bool | str = False,
+        capture: bool | str = "auto",
     ) -> None:
         super().__init__()
         check_choice("variant", variant, VARIANTS)
@@ -112,6 +119,7 @@ class LPIPSModule(LightningModule):
             raise ConfigError(
                 f"unknown compile {compile!r}; choose one of: false, true, default, reduce-overhead, max-autotune"
             )
+        check_choice("capture", capture, CAPTURE)
         if lr <= 0:
             raise ConfigError(f"lr must be positive, got {lr}")
         if lora_rank and variant != "tune":
@@ -136,20 +144,22 @@ class LPIPSModule(LightningModule):
         if instance:
             self.hparams["backbone"] = self._hparams_initial["backbone"] = self.lpips.backbone_spec
         self.rank_head = make_head(loss, margin)
-        self.train_2afc = TwoAFCScore()
         self.metrics = nn.ModuleDict({"val": nn.ModuleList(), "test": nn.ModuleList()})
         self.groups: dict[str, list[str]] = {"val": [], "test": []}
         self.scores: dict[str, dict[str, float]] = {}
-        self._first_bad_step: torch.Tensor | None = None
         self.feature_cache = feature_cache
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._compiled = None
-        self.automatic_optimization = not feature_cache
+        self.steps: Steps | None = None  # the step machinery of the current fit (see `on_fit_start`)
+        self.automatic_optimization = False  # `Steps` runs backward, Adam and the head clamp
 
     @property
     def needs_train_images(self) -> bool:
         """Whether training batches must carry images (not with the feature cache: indices suffice)."""
         return not self.feature_cache
+
+    @property
+    def gathers_images(self) -> bool:
+        """Index-only batches stay index-only: the step gathers images from the device store itself."""
+        return True
 
     @property
     def train_batch_multiple(self) -> int:
@@ -185,35 +195,30 @@ class LPIPSModule(LightningModule):
 
     def configure_model(self) -> None:
         # before the strategy moves and wraps the model (DDP's buckets follow the layout). The
-        # heads too: a 1x1 head over channels-last features gets channels-last gradient strides,
-        # and DDP warns ("Grad strides do not match bucket view strides") when the weight's differ
+        # backbone only: the heads' gradients come from a product with their flattened weights, laid
+        # out as the contiguous weights are (else DDP warns "Grad strides do not match bucket view strides")
         if self.hparams.channels_last:
-            self.lpips.to(memory_format=torch.channels_last)
+            self.lpips.net.to(memory_format=torch.channels_last)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the resolved backbone spec (default taps filled in): a checkpoint rebuilds the same network
         checkpoint[CHECKPOINT_BACKBONE_KEY] = self.lpips.backbone_spec
 
     def on_fit_start(self) -> None:
-        if self.hparams.compile and not self.feature_cache:
-            mode = None if self.hparams.compile in (True, "default") else self.hparams.compile
-            self._compiled = torch.compile(self._train_loss, mode=mode)
+        self.steps = Steps(self)
+        self.steps.start()
 
     def on_train_start(self) -> None:
-        if self.feature_cache and self._cache is None:
-            self._cache = self._build_cache()
+        if self.feature_cache and self.steps.cache is None:
+            self.steps.build_cache()
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        fused = self.device.type == "cuda" or None
-        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=fused)
+        # fused: one kernel for every parameter (CPU and CUDA), the step count kept on the device
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=True)
         c, d = self.hparams.epochs_constant, self.hparams.epochs_decay
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, c, d))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    def optimizer_step(self, *args, **kwargs) -> None:  # automatic optimisation only
-        super().optimizer_step(*args, **kwargs)
-        self.lpips.clamp_heads()
 
     # --- the computation ------------------------------------------------------------------
     def triplet_features(self, batch: dict[str, torch.Tensor]) -> tuple[list, list, list]:
@@ -231,43 +236,6 @@ class LPIPSModule(LightningModule):
         ref, p0, p1 = self.triplet_features(batch)
         return self.lpips.distance(ref, p0), self.lpips.distance(ref, p1)
 
-    def _train_loss(self, ref, p0, p1, judge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        d0, d1 = self.triplet_distances({"ref": ref, "p0": p0, "p1": p1})
-        return self.rank_head(d0, d1, judge), d0, d1
-
-    # --- the feature cache (lin) ----------------------------------------------------------
-    def pair_vectors(self, f0: list[torch.Tensor], f1: list[torch.Tensor]) -> torch.Tensor:
-        """Per pair, every tap's channel means of the squared normalised difference: (N, sum of channels)."""
-        return torch.cat(
-            [((normalize_tensor(a) - normalize_tensor(b)) ** 2).mean(dim=(2, 3)) for a, b in zip(f0, f1)], 1
-        )
-
-    def head_vector(self) -> torch.Tensor:
-        """All head weights as one vector, in `pair_vectors` order."""
-        return torch.cat([h.weight.flatten() for h in self.lpips.heads])
-
-    def cached_distances(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """d(ref, p0) and d(ref, p1) of training items `index` from the cache: vectors @ head weights."""
-        assert self._cache is not None
-        v0, v1 = self._cache[0][index], self._cache[1][index]
-        if self.lpips.dropout and self.training:
-            v0, v1 = dropout_half(v0), dropout_half(v1)
-        w = self.head_vector()
-        return v0 @ w, v1 @ w
-
-    @torch.no_grad()
-    def _build_cache(self, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass of the frozen backbone over the training set: (N, C) vectors for (ref, p0) and (ref, p1)."""
-        dataset = self.trainer.datamodule.datasets["train"][0]
-        v0, v1 = [], []
-        with self.trainer.precision_plugin.forward_context():
-            for start in range(0, len(dataset), chunk):
-                images = dataset.read_images(range(start, min(start + chunk, len(dataset))))
-                ref, p0, p1 = self.triplet_features({k: v.to(self.device) for k, v in images.items()})
-                v0.append(self.pair_vectors(ref, p0).float())
-                v1.append(self.pair_vectors(ref, p1).float())
-        return torch.cat(v0), torch.cat(v1)
-
     def pair_distance(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """d(p0, p1) for a JND batch."""
         return self.lpips(to_unit_range(batch["p0"]), to_unit_range(batch["p1"]))
@@ -275,68 +243,28 @@ class LPIPSModule(LightningModule):
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         return self.lpips(x0, x1)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         if batch_idx == 0:
             # Each epoch's dropout depends on (seed, epoch) only (and its order, see the data
             # module's sampler), so a resumed run ends with the same weights as an uninterrupted one.
             torch.manual_seed(epoch_seed(self.current_epoch))
-        if self.feature_cache:
-            return self._cached_steps(batch)
-        if self._compiled is not None:
-            loss, d0, d1 = (t.clone() for t in self._compiled(batch["ref"], batch["p0"], batch["p1"], batch["judge"]))
-        else:
-            loss, d0, d1 = self._train_loss(batch["ref"], batch["p0"], batch["p1"], batch["judge"])
-        self._watch_loss(loss)
-        self.train_2afc.update(d0, d1, batch["judge"])
-        self._log_train(loss, len(d0))
-        return loss
-
-    def _log_train(self, loss: torch.Tensor, batch_size: int) -> None:
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/2afc", self.train_2afc, on_step=False, on_epoch=True, batch_size=batch_size)
-
-    def _cached_steps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`CACHE_STEPS_PER_CALL` optimizer steps of `batch_size` triplets each, on cached vectors.
-
-        Lightning's per-step overhead (milliseconds) would dominate steps this small, so one
-        call of `training_step` runs many minibatches (manual optimisation); the epoch still
-        visits every triplet once, in minibatches of the configured size, in a random order.
-        """
-        optimizer = self.optimizers()
-        size = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else len(batch["index"])
-        losses = []
-        for index, judge in zip(batch["index"].split(size), batch["judge"].split(size)):
-            d0, d1 = self.cached_distances(index)
-            loss = self.rank_head(d0, d1, judge)
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            optimizer.step()
-            self.lpips.clamp_heads()
-            self._watch_loss(loss)
-            self.train_2afc.update(d0.detach(), d1.detach(), judge)
-            losses.append(loss.detach())
-        loss = torch.stack(losses).mean()
-        self._log_train(loss, len(batch["index"]))
-        return loss
+        self.steps.run(batch)
+        # training values are read back only when logged (or at most every CHECK_EVERY steps: the NaN watch)
+        logs = logs_this_step(self.trainer)
+        if logs or self.steps.tally.due():
+            self.steps.check()
+        if logs:
+            self.log("train/loss", self.steps.tally.loss_mean(), prog_bar=True, batch_size=len(batch["judge"]))
 
     def on_train_epoch_end(self) -> None:
-        if not self.automatic_optimization:  # the feature cache steps its own optimizer and schedule
-            self.lr_schedulers().step()
+        self.steps.check()  # before the epoch's checkpoint: never save weights after a NaN step
+        # the value is already the same on every process in one-process runs; under DDP a mean of equal-sized shards
+        self.log("train/2afc", self.steps.tally.epoch_2afc(), sync_dist=self.trainer.world_size > 1)
+        self.lr_schedulers().step()  # manual optimisation: the schedule is stepped here, once per epoch
 
-    def _watch_loss(self, loss: torch.Tensor) -> None:
-        """Stop on a NaN/inf loss, naming its step; on a GPU checked every 50 steps (no host sync)."""
-        step = torch.tensor(self.global_step, device=loss.device)
-        if self._first_bad_step is None or self._first_bad_step.device != loss.device:
-            self._first_bad_step = torch.tensor(-1, device=loss.device)
-        bad = ~torch.isfinite(loss.detach()) & (self._first_bad_step < 0)
-        self._first_bad_step = torch.where(bad, step, self._first_bad_step)
-        if loss.device.type == "cpu" or self.global_step % 50 == 0:
-            first = int(self._first_bad_step)
-            if first >= 0:
-                raise TrainingError(
-                    f"the training loss became NaN or infinite at step {first} (epoch {self.current_epoch}); "
-                    "lower lr, check the data, or train in precision 32 or bf16-mixed"
-                )
+    def on_validation_start(self) -> None:
+        if self.steps is not None and self.trainer.training:
+            self.steps.check()  # validation may save a checkpoint: not after a NaN step
 
     def _eval_step(self, stage: str, batch: dict[str, torch.Tensor], dataloader_idx: int) -> None:
         metric = self.metrics[stage][dataloader_idx]
@@ -377,6 +305,14 @@ class LPIPSModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+
+def logs_this_step(trainer) -> bool:
+    """Whether Lightning writes logged values at this training batch (its `log_every_n_steps` rule)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is not None and hasattr(connector, "should_update_logs"):
+        return bool(connector.should_update_logs)
+    return True
 
 
 def subset_names(groups: list[str]) -> list[str]:

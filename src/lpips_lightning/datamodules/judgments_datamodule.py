@@ -347,12 +347,22 @@ class JudgmentsDataModule(pl.LightningDataModule):
         free, _ = torch.cuda.mem_get_info(device)
         return JudgmentsDataset.nbytes(self.file, groups) < free // 4
 
-    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
-        """Gather the images of an index-only training batch from the device-resident store."""
+    def device_images(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The device-resident training images (ref, p0, p1: uint8), moved to `device` on first use."""
         store = self._device_store
-        if store is not None and "index" in batch and "p0" not in batch:
-            index = batch["index"]
-            if next(iter(store.values())).device != index.device:
-                store = self._device_store = {k: v.to(index.device) for k, v in store.items()}
-            batch.update({k: v[index] for k, v in store.items()})
+        if store is None:
+            raise ConfigError(f"{self.file}: the training images are not kept on the device (on_device)")
+        if next(iter(store.values())).device != device:
+            store = self._device_store = {k: v.to(device) for k, v in store.items()}
+        return store
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        """Gather the images of an index-only training batch from the device-resident store.
+
+        Unless the trained module gathers them itself (`gathers_images`: inside its captured step).
+        """
+        if self._device_store is not None and "index" in batch and "p0" not in batch:
+            store = self.device_images(batch["index"].device)
+            if not getattr(self._trained_module, "gathers_images", False):
+                batch.update({k: v[batch["index"]] for k, v in store.items()})
         return batch

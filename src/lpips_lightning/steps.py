@@ -1,0 +1,384 @@
+"""How `LPIPSModule` takes its optimizer steps: eager, compiled, captured as CUDA graphs, or cached.
+
+The module says what is trained and how it is scored; this file says how a step runs fast.
+
+* One lean computation serves every path (`Steps.vectors`): one backbone pass over ref|p0|p1,
+  each tap normalised once, both squared differences at once, and the spatial mean taken
+  before the head weights. A head is a 1x1 convolution, linear in its input, so
+  ``mean(w . diff) == w . mean(diff)``: each pair becomes one vector of channel means and the
+  two distances are one matrix product with the heads' weights. A frozen backbone runs in the
+  compute dtype (a bf16 copy under bf16-mixed, made once) instead of being cast by autocast at
+  every step.
+* ``eager``: the step as plain PyTorch ops through Lightning's manual optimisation: CPUs, DDP,
+  ``16-mixed`` with its gradient scaler, and whatever cannot be captured.
+* ``captured`` (CUDA, on by default): forward, backward, Adam, the head clamp and the running
+  training values recorded once as a CUDA graph per batch shape, then replayed from static
+  buffers that the device-resident gather fills. The first batch of each shape runs eagerly
+  (on a side stream: it warms up cuDNN, cuBLAS and Adam's state), the second is captured.
+* ``cached`` (lin with the feature cache): minibatch steps on cached pair vectors; on CUDA a
+  whole chunk of `CACHE_STEPS_PER_CALL` minibatch steps is one graph replay.
+
+Training values (the loss, the 2AFC agreement, each step's loss for the NaN watch) stay on the
+device in a `Tally` and are read back only when they are logged or checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+
+from .errors import TrainingError
+from .lpips import dropout_half, normalize_tensor
+from .metrics import two_afc
+
+CACHE_STEPS_PER_CALL = 64  # feature-cache minibatch steps per `training_step` call (and per graph replay)
+CHECK_EVERY = 128  # at most this many steps between two reads of the training values (NaN watch)
+RING = 256  # each step's loss is kept for this many steps: enough to name the first bad one
+
+
+def pair_means(f: torch.Tensor, n: int, dropout: bool) -> torch.Tensor:
+    """One tap of a ref|p0|p1 batch: (2, n, C) spatial means of the squared normalised differences."""
+    f = normalize_tensor(f.float())
+    diff = (f[n:].unflatten(0, (2, n)) - f[:n]) ** 2
+    if dropout:
+        diff = dropout_half(diff)
+    return diff.mean(dim=(3, 4))
+
+
+class Tally:
+    """Running training values: each step's loss, distances and judgments, kept on the device until read.
+
+    `add` only keeps references (no device work, nothing to capture); `read`, at most every
+    `CHECK_EVERY` steps and whenever a value is logged, brings everything back in one transfer:
+    the mean loss, the first step whose loss was NaN or infinite, and the 2AFC agreement.
+    """
+
+    def __init__(self, first_step: int) -> None:
+        self.first_step = first_step  # the trainer's global step when the count was 0
+        self.steps = 0  # optimizer steps recorded
+        self.pending: list[tuple[torch.Tensor, ...]] = []  # (losses, d0, d1, judge) not read yet
+        self.unread_steps = 0
+        self.loss_sum = 0.0  # since the last `loss_mean`
+        self.loss_steps = 0
+        self.agreement = 0.0  # sum of 2AFC agreements this epoch
+        self.triplets = 0
+
+    def add(self, losses: torch.Tensor, d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> None:
+        self.pending.append((losses.detach(), d0.detach(), d1.detach(), judge))
+        self.steps += len(losses)
+        self.unread_steps += len(losses)
+
+    def due(self) -> bool:
+        return self.unread_steps >= CHECK_EVERY
+
+    def read(self) -> int | None:
+        """Bring the pending values back; the global step of the first NaN/inf loss among them, or None."""
+        if not self.pending:
+            return None
+        losses, d0, d1, judge = (torch.cat(t) for t in zip(*self.pending))
+        agreement = two_afc(d0, d1, judge).double().sum()
+        values = torch.cat([agreement.view(1), losses.double()]).tolist()
+        first = self.steps - self.unread_steps
+        self.pending, self.unread_steps = [], 0
+        self.agreement += values[0]
+        self.triplets += len(judge)
+        for i, loss in enumerate(values[1:]):
+            if not math.isfinite(loss):
+                return self.first_step + first + i
+            self.loss_sum += loss
+            self.loss_steps += 1
+        return None
+
+    def loss_mean(self) -> float:
+        """The mean loss per step since the last call (after a `read`)."""
+        mean = self.loss_sum / max(self.loss_steps, 1)
+        self.loss_sum, self.loss_steps = 0.0, 0
+        return mean
+
+    def epoch_2afc(self) -> float:
+        """This epoch's training 2AFC score (after a `read`), then a fresh epoch."""
+        score = self.agreement / max(self.triplets, 1)
+        self.agreement, self.triplets = 0.0, 0
+        return score
+
+
+class _Graph:
+    """One captured step (or chunk of steps), the static buffers it reads and the outputs it writes."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: dict[str, torch.Tensor], outputs: tuple) -> None:
+        self.graph, self.inputs, self.outputs = graph, inputs, outputs
+
+    def replay(self, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        for name, buffer in self.inputs.items():
+            buffer.copy_(values[name], non_blocking=True)
+        self.graph.replay()
+        return tuple(t.clone() for t in self.outputs)  # the next replay overwrites them
+
+
+class Steps:
+    """The training steps of one `LPIPSModule` fit (made at fit start; see the module docstring)."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+        self.lpips = module.lpips
+        self.tally: Tally | None = None
+        self.cache: torch.Tensor | None = None  # (2, N, channels): the feature cache's pair vectors
+        self.graphs: dict[tuple, _Graph] = {}
+        self.warm: set[tuple] = set()
+        self.pool = None
+        self.lr: list[torch.Tensor] = []  # the learning rates as device tensors, read by captured Adam
+        self.lr_host: list[float | None] = []  # the values last copied into them
+        self._frozen: tuple[torch.dtype, torch.nn.Module] | None = None
+        self.capture = False
+        self.loss_fn: Callable = self.loss
+
+    # --- set-up -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Decide the path for this fit (capture, compile) and say so where it is not the fast one."""
+        m = self.module
+        self.tally = Tally(m.global_step)
+        wanted = m.hparams.capture
+        self.capture = m.device.type == "cuda" and wanted in (True, "auto")
+        if self.capture:
+            reason = None
+            if m.trainer.world_size > 1:
+                reason = "DDP's gradient all-reduce runs outside a captured graph"
+            elif m.trainer.precision in ("16-mixed", "16"):
+                reason = "16-mixed's gradient scaler checks every step for infinite gradients on the host"
+            if reason:
+                self.capture = False
+                rank_zero_info(f"capture: {reason}; training with the eager step instead (capture: false hides this)")
+        if wanted is True and m.device.type != "cuda":
+            rank_zero_info("capture: CUDA graphs need a CUDA device; training with the eager step on the CPU")
+        mode = m.hparams.compile
+        if mode and not m.feature_cache:
+            mode = None if mode in (True, "default") else mode
+            if self.capture and mode is not None:  # the whole step is one graph already
+                mode = mode.replace("reduce-overhead", "default").replace("max-autotune", "max-autotune-no-cudagraphs")
+                mode = None if mode == "default" else mode
+            self.loss_fn = torch.compile(self.loss, mode=mode)
+
+    def frozen_backbone(self, x: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor]:
+        """The network and input for a backbone pass: a frozen backbone in the autocast dtype (copied once)."""
+        net = self.lpips.net
+        device = x.device.type
+        if self.module.variant != "lin" or net.lora_rank or not torch.is_autocast_enabled(device):
+            return net, x
+        dtype = torch.get_autocast_dtype(device)
+        if self._frozen is None or self._frozen[0] != dtype:
+            copied = copy.deepcopy(net).to(dtype).requires_grad_(False)
+            self._frozen = (dtype, copied.train(net.training))
+        return self._frozen[1], x.to(dtype)
+
+    # --- the computation ----------------------------------------------------------------------
+    def vectors(self, ref: torch.Tensor, p0: torch.Tensor, p1: torch.Tensor, dropout: bool) -> torch.Tensor:
+        """(2, N, channels): per pair (ref-p0, ref-p1), every tap's channel means of the squared difference."""
+        m, n = self.module, ref.shape[0]
+        x = torch.cat([ref, p0, p1])
+        layout = torch.channels_last if m.hparams.channels_last else torch.contiguous_format
+        if x.dtype == torch.uint8:  # as `lpips.to_unit_range`, converting the layout in the same copy
+            x = x.to(torch.float32, memory_format=layout) / 127.5 - 1.0
+        else:
+            x = x.contiguous(memory_format=layout)
+        if self.lpips.normalizes:
+            x = (x - self.lpips.shift) / self.lpips.scale
+        net, x = self.frozen_backbone(x)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and m.variant != "lin"):
+            feats = net(x)
+        return torch.cat([pair_means(f, n, dropout) for f in feats], dim=2)
+
+    def head_vector(self) -> torch.Tensor:
+        """All head weights as one vector, in `vectors` order."""
+        return torch.cat([h.weight.flatten() for h in self.lpips.heads])
+
+    def distances(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d(ref, p0) and d(ref, p1) from pair vectors: one product with the head weights, in float32."""
+        with torch.autocast(v.device.type, enabled=False):
+            d = v @ self.head_vector()
+        return d.unbind(0)
+
+    def loss(self, ref, p0, p1, judge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training loss of a batch of triplets and its two distances."""
+        d0, d1 = self.distances(self.vectors(ref, p0, p1, self.lpips.dropout and self.module.training))
+        return self.module.rank_head(d0, d1, judge), d0, d1
+
+    def cached_distances(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d(ref, p0) and d(ref, p1) of training items `index` from the feature cache."""
+        assert self.cache is not None
+        v = self.cache[:, index]
+        if self.lpips.dropout and self.module.training:
+            v = dropout_half(v)
+        return self.distances(v)
+
+    @torch.no_grad()
+    def build_cache(self, chunk: int | None = None) -> torch.Tensor:
+        """One pass of the frozen backbone over the training set: (2, N, channels) pair vectors."""
+        m = self.module
+        dataset = m.trainer.datamodule.datasets["train"][0]
+        chunk = chunk or (2048 if m.device.type == "cuda" else 256)
+        parts = []
+        with m.trainer.precision_plugin.forward_context():
+            for start in range(0, len(dataset), chunk):
+                images = dataset.read_images(range(start, min(start + chunk, len(dataset))))
+                images = {k: v.to(m.device, non_blocking=True) for k, v in images.items()}
+                parts.append(self.vectors(images["ref"], images["p0"], images["p1"], dropout=False).float())
+        self.cache = torch.cat(parts, dim=1)
+        return self.cache
+
+    # --- the steps ----------------------------------------------------------------------------
+    def images(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """ref, p0, p1 of a batch: carried by it, or gathered from the device-resident store by index."""
+        if "ref" in batch:
+            return batch
+        store = self.module.trainer.datamodule.device_images(batch["index"].device)
+        return {k: v[batch["index"]] for k, v in store.items()}
+
+    def _optimizer_step(self, loss: torch.Tensor, lightning: bool) -> None:
+        """Backward, Adam and the head clamp: through Lightning (eager) or the raw optimizer (in a graph)."""
+        m = self.module
+        optimizer = m.optimizers()
+        if lightning:
+            optimizer.zero_grad(set_to_none=True)
+            m.manual_backward(loss)
+            optimizer.step()
+        else:
+            loss.backward()
+            optimizer.optimizer.step()
+        with torch.no_grad():  # the heads stay non-negative, as the paper keeps them
+            torch._foreach_clamp_min_([h.weight for h in self.lpips.heads], 0.0)
+
+    def full_step(self, values: dict[str, torch.Tensor], lightning: bool = True) -> tuple[torch.Tensor, ...]:
+        """One optimizer step on a batch of triplets (images, or indices into the device store).
+
+        Returns what the tally keeps: (loss (1,), d0, d1, judge).
+        """
+        images = self.images(values)
+        loss, d0, d1 = self.loss_fn(images["ref"], images["p0"], images["p1"], values["judge"])
+        self._optimizer_step(loss, lightning)
+        return loss.detach().view(1), d0.detach(), d1.detach(), values["judge"]
+
+    def cached_steps(self, values: dict[str, torch.Tensor], size: int, lightning: bool = True) -> tuple:
+        """Minibatch steps of `size` cached triplets each, over a chunk of indices in order.
+
+        Returns what the tally keeps: (losses (steps,), d0, d1, judge) of the whole chunk.
+        """
+        optimizer = self.module.optimizers().optimizer
+        losses, d0s, d1s = [], [], []
+        for k, (index, judge) in enumerate(zip(values["index"].split(size), values["judge"].split(size))):
+            d0, d1 = self.cached_distances(index)
+            loss = self.module.rank_head(d0, d1, judge)
+            if not lightning and k:  # inside a graph: the first backward allocates the gradients
+                optimizer.zero_grad(set_to_none=False)
+            self._optimizer_step(loss, lightning)
+            losses.append(loss.detach())
+            d0s.append(d0.detach())
+            d1s.append(d1.detach())
+        return torch.stack(losses), torch.cat(d0s), torch.cat(d1s), values["judge"]
+
+    def run(self, batch: dict[str, torch.Tensor]) -> None:
+        """Every optimizer step of one training batch (one, or a chunk of cached minibatches)."""
+        m = self.module
+        n = len(batch["judge"])
+        if m.feature_cache:
+            size = m.trainer.datamodule.batch_size if m.trainer.datamodule is not None else n
+            values = {"index": batch["index"], "judge": batch["judge"]}
+            steps = -(-n // size)
+            body = lambda v, lightning: self.cached_steps(v, size, lightning)  # noqa: E731
+            key = ("cached", n, size)
+        else:
+            names = ("ref", "p0", "p1", "judge") if "ref" in batch else ("index", "judge")
+            values = {k: batch[k] for k in names}
+            steps, body = 1, self.full_step
+            key = ("full",) + tuple((k, tuple(v.shape)) for k, v in values.items())
+        if self.capture and (not m.feature_cache or n == size * CACHE_STEPS_PER_CALL):
+            outputs = self.captured(key, values, body, steps)
+        else:
+            outputs = body(values, True)
+        self.tally.add(*outputs)
+
+    # --- CUDA graphs --------------------------------------------------------------------------
+    def captured(self, key: tuple, values: dict[str, torch.Tensor], body: Callable, steps: int) -> tuple:
+        """Replay `body`'s graph for this batch shape; warm up on the first batch, capture on the second."""
+        entry = self.graphs.get(key)
+        if entry is None:
+            if key not in self.warm:
+                self.warm.add(key)
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    outputs = body(values, True)
+                torch.cuda.current_stream().wait_stream(side)
+                return outputs
+            try:
+                entry = self.graphs[key] = self._capture(values, body)
+            except Exception as error:  # an operation that cannot be captured: say so, and go on eagerly
+                self.capture = False
+                rank_zero_info(
+                    f"capture: this step cannot be recorded as a CUDA graph ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0][:160]}); training with the eager step instead"
+                )
+                return body(values, True)
+        self._sync_lr()
+        outputs = entry.replay(values)
+        optimizer = self.module.optimizers()
+        for _ in range(steps):  # Lightning's step count (global_step), as its optimizer would
+            optimizer._on_before_step()
+            optimizer._on_after_step()
+        return outputs
+
+    def _capture(self, values: dict[str, torch.Tensor], body: Callable) -> _Graph:
+        optimizer = self.module.optimizers().optimizer
+        inputs = {k: v.clone() for k, v in values.items()}
+        graph = torch.cuda.CUDAGraph()
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        optimizer.zero_grad(set_to_none=True)
+        device = self.module.device.type
+        autocast = torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device)
+        with self._graph_optimizer(optimizer), torch.autocast(device, dtype, enabled=autocast, cache_enabled=False):
+            with torch.cuda.graph(graph, pool=self.pool):
+                outputs = body(inputs, False)
+        return _Graph(graph, inputs, outputs)
+
+    @contextlib.contextmanager
+    def _graph_optimizer(self, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+        """Adam as a graph needs it while capturing: capturable, its learning rates as device tensors.
+
+        Outside the capture the param groups keep plain float rates (what schedulers and checkpoints
+        expect); `_sync_lr` copies a changed rate into its tensor before a replay.
+        """
+        if not self.lr:
+            self.lr = [torch.zeros((), device=self.module.device) for _ in optimizer.param_groups]
+            self.lr_host = [None for _ in optimizer.param_groups]
+        saved = [(g["lr"], g["capturable"]) for g in optimizer.param_groups]
+        self._sync_lr()
+        try:
+            for group, lr in zip(optimizer.param_groups, self.lr):
+                group["lr"], group["capturable"] = lr, True
+            yield
+        finally:
+            for group, (lr, capturable) in zip(optimizer.param_groups, saved):
+                group["lr"], group["capturable"] = lr, capturable
+
+    def _sync_lr(self) -> None:
+        optimizer = self.module.optimizers().optimizer
+        for i, (group, lr) in enumerate(zip(optimizer.param_groups, self.lr)):
+            if self.lr_host[i] != group["lr"]:
+                lr.fill_(group["lr"])
+                self.lr_host[i] = group["lr"]
+
+    # --- reading back -------------------------------------------------------------------------
+    def check(self) -> None:
+        """Read the training values back; stop at a NaN or infinite loss, naming its step."""
+        bad = self.tally.read()
+        if bad is not None:
+            raise TrainingError(
+                f"the training loss became NaN or infinite at step {bad} (epoch {self.module.current_epoch}); "
+                "lower lr, check the data, or train in precision 32 or bf16-mixed"
+            )
