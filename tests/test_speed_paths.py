@@ -142,3 +142,60 @@ def test_bf16_run_matches_fp32_on_the_demo(tmp_path, monkeypatch):
             rows = [r for r in csv.DictReader(fh) if r.get("val/2afc/mean")]
         scores[precision] = float(rows[-1]["val/2afc/mean"])
     assert abs(scores["32"] - scores["bf16-mixed"]) <= 0.005, scores
+
+
+# --- the step machinery (lpips_lightning.steps) ---------------------------------------------------
+@pytest.mark.parametrize("variant", ["lin", "tune"])
+def test_lean_training_loss_equals_the_plain_lpips_computation(variant):
+    """Both taps' differences at once and the spatial mean before the heads: the same loss and gradients."""
+    torch.manual_seed(0)
+    model = LPIPSModule(variant=variant, pretrained=False, dropout=False)
+    model.configure_model()
+    with torch.no_grad():
+        for h in model.lpips.heads:
+            h.weight.uniform_(0, 1)
+    model.train()
+    ref, p0, p1 = (torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8) for _ in range(3))
+    judge = torch.rand(3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    lean, d0, d1 = Steps(model).loss(ref, p0, p1, judge)
+    plain_d0, plain_d1 = model.lpips(ref, p0), model.lpips(ref, p1)  # 1x1 conv heads over whole maps
+    plain = model.rank_head(plain_d0, plain_d1, judge)
+    torch.testing.assert_close(d0, plain_d0, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(d1, plain_d1, rtol=1e-5, atol=1e-8)
+    for a, b in zip(torch.autograd.grad(lean, params), torch.autograd.grad(plain, params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_bf16_copy_of_the_frozen_backbone_stays_out_of_the_weights(bapps_h5, tmp_path):
+    model = LPIPSModule(variant="lin", pretrained=False)
+    cpu_trainer(tmp_path, precision="bf16-mixed", limit_train_batches=2).fit(
+        model, JudgmentsDataModule(str(bapps_h5), batch_size=4)
+    )
+    dtype, frozen = model.steps._frozen
+    assert dtype == torch.bfloat16 and next(frozen.parameters()).dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values() if v.is_floating_point())
+    assert not any("frozen" in k for k in model.state_dict())
+
+
+def test_runs_that_cannot_be_captured_say_why():
+    from lpips_lightning.steps import capture_refusal
+
+    assert "DDP" in capture_refusal(2, "bf16-mixed")
+    assert "16-mixed" in capture_refusal(1, "16-mixed")
+    assert capture_refusal(1, "bf16-mixed") is None and capture_refusal(1, "32-true") is None
+
+
+def test_capture_true_on_a_cpu_says_it_trains_eagerly(bapps_h5, tmp_path, caplog):
+    import logging
+
+    model = LPIPSModule(variant="lin", pretrained=False, capture=True)
+    with caplog.at_level(logging.INFO):
+        cpu_trainer(tmp_path, limit_train_batches=1).fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
+    assert "CUDA graphs need a CUDA device" in caplog.text
+    assert not model.steps.capture and not model.steps.graphs
+
+
+def test_unknown_capture_choice():
+    with pytest.raises(ConfigError, match="capture"):
+        LPIPSModule(variant="lin", pretrained=False, capture="sometimes")

@@ -50,6 +50,15 @@ def pair_means(f: torch.Tensor, n: int, dropout: bool) -> torch.Tensor:
     return diff.mean(dim=(3, 4))
 
 
+def capture_refusal(world_size: int, precision: str) -> str | None:
+    """Why a run cannot take the captured step (None: it can): said in one line, never silently slower."""
+    if world_size > 1:
+        return "DDP's gradient all-reduce runs outside a captured graph"
+    if precision in ("16-mixed", "16"):
+        return "16-mixed's gradient scaler checks every step for infinite gradients on the host"
+    return None
+
+
 class Tally:
     """Running training values: each step's loss, distances and judgments, kept on the device until read.
 
@@ -145,11 +154,7 @@ class Steps:
         wanted = m.hparams.capture
         self.capture = m.device.type == "cuda" and wanted in (True, "auto")
         if self.capture:
-            reason = None
-            if m.trainer.world_size > 1:
-                reason = "DDP's gradient all-reduce runs outside a captured graph"
-            elif m.trainer.precision in ("16-mixed", "16"):
-                reason = "16-mixed's gradient scaler checks every step for infinite gradients on the host"
+            reason = capture_refusal(m.trainer.world_size, str(m.trainer.precision))
             if reason:
                 self.capture = False
                 rank_zero_info(f"capture: {reason}; training with the eager step instead (capture: false hides this)")
