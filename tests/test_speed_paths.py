@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import assert_cache_matches_full, cpu_trainer
 
@@ -199,3 +200,30 @@ def test_capture_true_on_a_cpu_says_it_trains_eagerly(bapps_h5, tmp_path, caplog
 def test_unknown_capture_choice():
     with pytest.raises(ConfigError, match="capture"):
         LPIPSModule(variant="lin", pretrained=False, capture="sometimes")
+
+
+class BatchSizes(pl.Callback):
+    """The size of every training batch Lightning hands the module."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append(len(batch["judge"]))
+
+
+def test_chunks_of_minibatches_train_as_single_steps_do(bapps_h5, tmp_path, monkeypatch):
+    """Several minibatches per Lightning batch (the captured step's chunks, run eagerly here): the same weights."""
+    weights = {}
+    for per_call in (1, 2):
+        monkeypatch.setattr(Steps, "steps_per_call", lambda self, k=per_call: k)
+        torch.manual_seed(0)
+        model = LPIPSModule(variant="tune", pretrained=False)  # dropout on: the same draws in the same order
+        sizes = BatchSizes()
+        data = JudgmentsDataModule(str(bapps_h5), batch_size=5)
+        cpu_trainer(tmp_path, max_epochs=2, callbacks=[sizes]).fit(model, data)
+        assert sizes.seen == ([5, 5, 2] if per_call == 1 else [10, 2]) * 2
+        assert model.global_step == 2 * 3  # 12 items in minibatches of 5, 5, 2: a shorter last one
+        weights[per_call] = model.state_dict()
+    for key, value in weights[1].items():
+        torch.testing.assert_close(weights[2][key], value, rtol=1e-6, atol=1e-8, msg=key)

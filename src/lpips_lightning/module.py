@@ -163,7 +163,13 @@ class LPIPSModule(LightningModule):
 
     @property
     def train_batch_multiple(self) -> int:
-        """Minibatches per training batch: the feature cache takes many per `training_step` call."""
+        """Minibatches per training batch: the feature cache and the captured step take several per call.
+
+        The epoch still visits every triplet once, in minibatches of the configured size, in the
+        same order; `trainer.limit_train_batches` and `log_every_n_steps` count these calls.
+        """
+        if self.steps is not None:
+            return self.steps.steps_per_call()
         return CACHE_STEPS_PER_CALL if self.feature_cache else 1
 
     # --- set-up ---------------------------------------------------------------------------

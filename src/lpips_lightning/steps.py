@@ -11,10 +11,12 @@ The module says what is trained and how it is scored; this file says how a step 
   every step.
 * ``eager``: the step as plain PyTorch ops through Lightning's manual optimisation: CPUs, DDP,
   ``16-mixed`` with its gradient scaler, and whatever cannot be captured.
-* ``captured`` (CUDA, on by default): forward, backward, Adam, the head clamp and the running
-  training values recorded once as a CUDA graph per batch shape, then replayed from static
-  buffers that the device-resident gather fills. The first batch of each shape runs eagerly
-  (on a side stream: it warms up cuDNN, cuBLAS and Adam's state), the second is captured.
+* ``captured`` (CUDA, on by default): forward, backward, Adam and the head clamp of
+  `CAPTURED_STEPS_PER_CALL` consecutive minibatches recorded once as one CUDA graph, then
+  replayed from static buffers that the device-resident gather fills: Lightning's own work per
+  batch (about a millisecond of Python, as long as a whole lin-alex step on an H100) is paid
+  once per replay. The first full chunk runs eagerly (on a side stream: it warms up cuDNN,
+  cuBLAS and Adam's state), the second is captured; a shorter last chunk runs eagerly.
 * ``cached`` (lin with the feature cache): minibatch steps on cached pair vectors; on CUDA a
   whole chunk of `CACHE_STEPS_PER_CALL` minibatch steps is one graph replay.
 
@@ -37,6 +39,7 @@ from .lpips import dropout_half, normalize_tensor
 from .metrics import two_afc
 
 CACHE_STEPS_PER_CALL = 64  # feature-cache minibatch steps per `training_step` call (and per graph replay)
+CAPTURED_STEPS_PER_CALL = 8  # full steps per call when captured: Lightning's per-batch work is paid once for 8
 CHECK_EVERY = 128  # at most this many steps between two reads of the training values (NaN watch)
 RING = 256  # each step's loss is kept for this many steps: enough to name the first bad one
 
@@ -267,48 +270,56 @@ class Steps:
         self._optimizer_step(loss, lightning)
         return loss.detach().view(1), d0.detach(), d1.detach(), values["judge"]
 
-    def cached_steps(self, values: dict[str, torch.Tensor], size: int, lightning: bool = True) -> tuple:
-        """Minibatch steps of `size` cached triplets each, over a chunk of indices in order.
+    def cached_step(self, values: dict[str, torch.Tensor], lightning: bool = True) -> tuple[torch.Tensor, ...]:
+        """One optimizer step on cached pair vectors of training items ``values["index"]``."""
+        d0, d1 = self.cached_distances(values["index"])
+        loss = self.module.rank_head(d0, d1, values["judge"])
+        self._optimizer_step(loss, lightning)
+        return loss.detach().view(1), d0.detach(), d1.detach(), values["judge"]
 
-        Returns what the tally keeps: (losses (steps,), d0, d1, judge) of the whole chunk.
-        """
+    def chunk(self, step: Callable, values: dict[str, torch.Tensor], size: int, lightning: bool = True) -> tuple:
+        """`step` on each minibatch of `size` triplets of a chunk, in order; the tally's values of all of them."""
+        if len(values["judge"]) <= size:
+            return step(values, lightning)
         optimizer = self.module.optimizers().optimizer
-        losses, d0s, d1s = [], [], []
-        for k, (index, judge) in enumerate(zip(values["index"].split(size), values["judge"].split(size))):
-            d0, d1 = self.cached_distances(index)
-            loss = self.module.rank_head(d0, d1, judge)
+        parts = {k: v.split(size) for k, v in values.items()}
+        outputs = []
+        for k in range(len(parts["judge"])):
             if not lightning and k:  # inside a graph: the first backward allocates the gradients
                 optimizer.zero_grad(set_to_none=False)
-            self._optimizer_step(loss, lightning)
-            losses.append(loss.detach())
-            d0s.append(d0.detach())
-            d1s.append(d1.detach())
-        return torch.stack(losses), torch.cat(d0s), torch.cat(d1s), values["judge"]
+            outputs.append(step({name: p[k] for name, p in parts.items()}, lightning))
+        return tuple(torch.cat(column) for column in zip(*outputs))
+
+    def steps_per_call(self) -> int:
+        """Minibatches per training batch (see `LPIPSModule.train_batch_multiple`)."""
+        if self.module.feature_cache:
+            return CACHE_STEPS_PER_CALL
+        return CAPTURED_STEPS_PER_CALL if self.capture else 1
 
     def run(self, batch: dict[str, torch.Tensor]) -> None:
-        """Every optimizer step of one training batch (one, or a chunk of cached minibatches)."""
+        """Every optimizer step of one training batch: a chunk of minibatches, captured when it is whole."""
         m = self.module
         n = len(batch["judge"])
+        size = getattr(m.trainer.datamodule, "batch_size", None)
+        # the minibatch size: our data module's (its batches hold `steps_per_call` of them), else the batch itself
+        per_call, size = (self.steps_per_call(), size) if size else (1, n)
         if m.feature_cache:
-            size = m.trainer.datamodule.batch_size if m.trainer.datamodule is not None else n
-            values = {"index": batch["index"], "judge": batch["judge"]}
-            steps = -(-n // size)
-            body = lambda v, lightning: self.cached_steps(v, size, lightning)  # noqa: E731
-            key = ("cached", n, size)
+            names, step = ("index", "judge"), self.cached_step
         else:
             names = ("ref", "p0", "p1", "judge") if "ref" in batch else ("index", "judge")
-            values = {k: batch[k] for k in names}
-            steps, body = 1, self.full_step
-            key = ("full",) + tuple((k, tuple(v.shape)) for k, v in values.items())
-        if self.capture and (not m.feature_cache or n == size * CACHE_STEPS_PER_CALL):
-            outputs = self.captured(key, values, body, steps)
+            step = self.full_step
+        values = {k: batch[k] for k in names}
+        body = lambda v, lightning: self.chunk(step, v, size, lightning)  # noqa: E731
+        if self.capture and n == size * per_call:  # one graph: whole chunks only (a last, shorter one runs eagerly)
+            outputs = self.captured(values, body, per_call)
         else:
             outputs = body(values, True)
         self.tally.add(*outputs)
 
     # --- CUDA graphs --------------------------------------------------------------------------
-    def captured(self, key: tuple, values: dict[str, torch.Tensor], body: Callable, steps: int) -> tuple:
-        """Replay `body`'s graph for this batch shape; warm up on the first batch, capture on the second."""
+    def captured(self, values: dict[str, torch.Tensor], body: Callable, steps: int) -> tuple:
+        """Replay `body`'s graph (`steps` optimizer steps); warm up on the first whole chunk, capture on the second."""
+        key = tuple((k, tuple(v.shape)) for k, v in values.items())
         entry = self.graphs.get(key)
         if entry is None:
             if key not in self.warm:
