@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import cpu_trainer
 
 from lpips_lightning import judgments
 from lpips_lightning.datamodules import JudgmentsDataModule
@@ -36,19 +37,8 @@ def data(tmp_path_factory) -> Path:
 
 
 def gpu_trainer(root: Path, **overrides) -> pl.Trainer:
-    options = dict(
-        accelerator="cuda",
-        devices=1,
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=root,
-    )
-    return pl.Trainer(**{**options, **overrides})
+    """The suite's quiet trainer on the GPU: no validation, two epochs unless told otherwise."""
+    return cpu_trainer(root, **{"accelerator": "cuda", "max_epochs": 2, "limit_val_batches": 0, **overrides})
 
 
 def fit(data: Path, root: Path, *, on_device="auto", ckpt_path=None, trainer_args=None, **model_args) -> LPIPSModule:
@@ -81,9 +71,9 @@ def test_captured_step_reaches_the_eager_weights(data, tmp_path, variant, precis
     args = dict(variant=variant, dropout=dropout, on_device=on_device, trainer_args={"precision": precision})
     eager = fit(data, tmp_path, capture=False, **args)
     captured = fit(data, tmp_path, capture=True, **args)
-    assert captured.steps.capture and captured.steps.graphs, "the captured path did not run"
+    assert captured.steps.capture and captured.steps.replays, "the captured path did not run"
     assert captured.global_step == eager.global_step == 2 * N_TRAIN // 4  # chunks of 8 steps, a shorter last one
-    assert not eager.steps.graphs
+    assert eager.steps.replays == 0
     tol = (1e-4, 1e-6) if precision == "32" else (2e-2, 1e-4)
     assert_same_weights(eager, captured, *tol)
     assert all((h.weight >= 0).all() for h in captured.lpips.heads)
@@ -92,7 +82,7 @@ def test_captured_step_reaches_the_eager_weights(data, tmp_path, variant, precis
 def test_captured_feature_cache_reaches_the_eager_weights(data, tmp_path):
     eager = fit(data, tmp_path, variant="lin", feature_cache=True, capture=False)
     captured = fit(data, tmp_path, variant="lin", feature_cache=True, capture=True)
-    assert captured.steps.graphs and captured.global_step == eager.global_step == 2 * N_TRAIN // 4
+    assert captured.steps.replays and captured.global_step == eager.global_step == 2 * N_TRAIN // 4
     assert_same_weights(eager, captured, 1e-4, 1e-6)
 
 
@@ -126,7 +116,7 @@ def test_nan_in_a_captured_step_is_named(data, tmp_path):
 def test_16_mixed_says_it_takes_the_eager_step(data, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         model = fit(data, tmp_path, variant="tune", trainer_args={"precision": "16-mixed", "max_epochs": 1})
-    assert not model.steps.capture and not model.steps.graphs
+    assert not model.steps.capture and model.steps.replays == 0
     assert "capture: 16-mixed" in caplog.text
     assert model.global_step == N_TRAIN // 4
 
@@ -136,5 +126,5 @@ def test_compiled_and_captured(data, tmp_path):
     args = dict(variant="tune", compile=True, dropout=False, trainer_args={"max_epochs": 1})
     compiled = fit(data, tmp_path, capture=False, **args)
     both = fit(data, tmp_path, capture=True, **args)
-    assert both.steps.graphs and not compiled.steps.graphs
+    assert both.steps.replays and not compiled.steps.replays
     assert_same_weights(compiled, both, 1e-4, 1e-6)

@@ -72,6 +72,82 @@ def test_nan_loss_stops_naming_the_step(bapps_h5, tmp_path):
         _trainer(tmp_path, limit_train_batches=3).fit(model, _dm(bapps_h5))
 
 
+def _poison_loss_at_call(model: LPIPSModule, call: int) -> None:
+    """The ranking head's `call`-th forward (counted from 1) returns NaN."""
+    real = model.rank_head.forward
+    calls = {"n": 0}
+
+    def poisoned(d0, d1, judge):
+        calls["n"] += 1
+        loss = real(d0, d1, judge)
+        return loss * float("nan") if calls["n"] == call else loss
+
+    model.rank_head.forward = poisoned
+
+
+def test_nan_stops_the_run_before_a_mid_epoch_validation_saves_it(bapps_h5, tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    model = LPIPSModule(variant="lin", pretrained=False)
+    _poison_loss_at_call(model, 2)
+    saves = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)  # saves when validation ends
+    trainer = _trainer(tmp_path, val_check_interval=2, enable_checkpointing=True, callbacks=[saves])
+    with pytest.raises(TrainingError, match="NaN or infinite at step 1 "):
+        trainer.fit(model, _dm(bapps_h5))
+    assert not list((tmp_path / "ckpt").glob("*.ckpt"))  # validation never ran: nothing saved
+
+
+def _one_epoch_checkpoint(bapps_h5, tmp_path) -> str:
+    torch.manual_seed(0)
+    model = LPIPSModule(variant="lin", pretrained=False)
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, _dm(bapps_h5))
+    assert model.global_step == 3
+    trainer.save_checkpoint(tmp_path / "one.ckpt")
+    return str(tmp_path / "one.ckpt")
+
+
+def test_nan_after_a_resume_names_the_runs_step(bapps_h5, tmp_path):
+    ckpt = _one_epoch_checkpoint(bapps_h5, tmp_path)
+    model = LPIPSModule(variant="lin", pretrained=False)
+    _poison_loss_at_call(model, 1)  # the first step after the resume: the run's step 3
+    with pytest.raises(TrainingError, match="NaN or infinite at step 3 "):
+        _trainer(tmp_path, max_epochs=2).fit(model, _dm(bapps_h5), ckpt_path=ckpt)
+
+
+def test_resume_with_max_steps_steps_the_schedule_once_per_epoch(bapps_h5, tmp_path):
+    ckpt = _one_epoch_checkpoint(bapps_h5, tmp_path)
+    model = LPIPSModule(variant="lin", pretrained=False, epochs_constant=0, epochs_decay=4)
+    trainer = _trainer(tmp_path, max_epochs=-1, max_steps=6)
+    trainer.fit(model, _dm(bapps_h5), ckpt_path=ckpt)
+    assert model.global_step == 6
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2  # two finished epochs, each stepped once
+
+
+def test_checkpoints_of_automatic_optimisation_resume_at_their_step(bapps_h5, tmp_path):
+    """Before training took its own steps, checkpoints counted them under automatic optimisation."""
+    ckpt = _one_epoch_checkpoint(bapps_h5, tmp_path)
+    state = torch.load(ckpt, weights_only=True)
+    loops = state["loops"]["fit_loop"]
+    manual = loops["epoch_loop.manual_optimization.optim_step_progress"]
+    loops["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"] = {
+        k: dict(v) for k, v in manual.items()
+    }
+    for counts in manual.values():
+        counts.update(ready=0, completed=0)
+    torch.save(state, tmp_path / "old.ckpt")
+    model = LPIPSModule(variant="lin", pretrained=False)
+    _trainer(tmp_path, max_epochs=2).fit(model, _dm(bapps_h5), ckpt_path=str(tmp_path / "old.ckpt"))
+    assert model.global_step == 6
+
+
+def test_integer_batch_limits_keep_one_step_per_batch(bapps_h5, tmp_path):
+    """The feature cache takes 64 minibatches per batch, except where the run counts batches itself."""
+    model = LPIPSModule(variant="lin", pretrained=False, feature_cache=True)
+    _trainer(tmp_path, max_epochs=2, limit_train_batches=2).fit(model, _dm(bapps_h5))
+    assert model.global_step == 4
+
+
 def test_hinge_loss_trains(bapps_h5, tmp_path):
     model = LPIPSModule(variant="lin", pretrained=False, loss="hinge")
     _trainer(tmp_path, fast_dev_run=2).fit(model, _dm(bapps_h5))

@@ -44,7 +44,8 @@ def test_feature_cache_trains_through_lightning(bapps_h5, tmp_path):
     before = [h.weight.clone() for h in model.lpips.heads]
     trainer = cpu_trainer(tmp_path, max_epochs=2)
     trainer.fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
-    assert model.steps.cache is not None and model.steps.cache.shape == (2, 12, sum(model.lpips.net.channels))
+    assert model.steps.cache_shape == (2, 12, sum(model.lpips.net.channels))
+    assert model.steps.cache is None  # released at fit end
     assert any(not torch.equal(a, h.weight) for a, h in zip(before, model.lpips.heads))
     assert all((h.weight >= 0).all() for h in model.lpips.heads)
     assert "val/2afc/cnn" in model.scores["val"]
@@ -173,8 +174,7 @@ def test_bf16_copy_of_the_frozen_backbone_stays_out_of_the_weights(bapps_h5, tmp
     cpu_trainer(tmp_path, precision="bf16-mixed", limit_train_batches=2).fit(
         model, JudgmentsDataModule(str(bapps_h5), batch_size=4)
     )
-    dtype, frozen = model.steps._frozen
-    assert dtype == torch.bfloat16 and next(frozen.parameters()).dtype == torch.bfloat16
+    assert model.steps.frozen_dtype == torch.bfloat16
     assert all(v.dtype == torch.float32 for v in model.state_dict().values() if v.is_floating_point())
     assert not any("frozen" in k for k in model.state_dict())
 
@@ -194,7 +194,7 @@ def test_capture_true_on_a_cpu_says_it_trains_eagerly(bapps_h5, tmp_path, caplog
     with caplog.at_level(logging.INFO):
         cpu_trainer(tmp_path, limit_train_batches=1).fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
     assert "CUDA graphs need a CUDA device" in caplog.text
-    assert not model.steps.capture and not model.steps.graphs
+    assert not model.steps.capture and model.steps.replays == 0
 
 
 def test_unknown_capture_choice():
@@ -227,3 +227,10 @@ def test_chunks_of_minibatches_train_as_single_steps_do(bapps_h5, tmp_path, monk
         weights[per_call] = model.state_dict()
     for key, value in weights[1].items():
         torch.testing.assert_close(weights[2][key], value, rtol=1e-6, atol=1e-8, msg=key)
+
+
+def test_max_steps_is_exact_when_a_batch_holds_many_steps(bapps_h5, tmp_path):
+    """The feature cache runs 64 minibatches per batch (the captured step 8): a run still stops at max_steps."""
+    model = LPIPSModule(variant="lin", pretrained=False, feature_cache=True)
+    cpu_trainer(tmp_path, max_epochs=3, max_steps=5).fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
+    assert model.global_step == 5  # 3 minibatches an epoch: 3, then 2 of the second epoch's 3

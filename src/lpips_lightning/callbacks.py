@@ -82,7 +82,7 @@ class SubsetChart(Callback):
                     logger.log_image(
                         "val/subsets_chart",
                         [_figure_array(fig)],
-                        step=trainer.global_step,
+                        step=trainer.fit_loop.epoch_loop._batches_that_stepped,  # the step other metrics use
                         caption=[f"epoch {trainer.current_epoch}"],
                     )
         finally:

@@ -79,10 +79,10 @@ class LPIPSModule(LightningModule):
         compile: ``torch.compile`` the training computation: ``false``, ``true`` (default mode),
             ``reduce-overhead`` or ``max-autotune`` (with `capture`, their CUDA graphs give way to the
             captured step's own).
-        capture: record each training step (forward, backward, Adam, the head clamp, the running
-            training values) as one CUDA graph and replay it: ``auto`` (default: on CUDA, one
-            process, precision 32 or bf16), ``true`` or ``false``. Where it cannot apply (DDP,
-            16-mixed) the run says so in one line and takes the eager step. See `lpips_lightning.steps`.
+        capture: record training steps (forward, backward, Adam and the head clamp of 8 consecutive
+            minibatches) as one CUDA graph and replay it: ``auto`` (default: on CUDA, one process,
+            precision 32 or bf16), ``true`` or ``false``. Where it cannot apply (DDP, 16-mixed) the
+            run says so in one line and takes the eager step. See `lpips_lightning.steps`.
     """
 
     def __init__(
@@ -214,9 +214,25 @@ class LPIPSModule(LightningModule):
         self.steps = Steps(self)
         self.steps.start()
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints written before training moved to manual optimisation count their optimizer
+        # steps under automatic optimisation; a resumed run reads them from the manual counter.
+        loops = checkpoint.get("loops", {}).get("fit_loop", {})
+        manual = loops.get("epoch_loop.manual_optimization.optim_step_progress")
+        automatic = loops.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
+        if manual and automatic and manual["total"]["completed"] == 0 and automatic["total"]["completed"] > 0:
+            loops["epoch_loop.manual_optimization.optim_step_progress"] = {
+                "total": dict(automatic["total"]),
+                "current": dict(automatic["current"]),
+            }
+
     def on_train_start(self) -> None:
+        self.steps.begin_training()  # after a resumed run's step count is restored
         if self.feature_cache and self.steps.cache is None:
             self.steps.build_cache()
+
+    def on_fit_end(self) -> None:
+        self.steps.release()  # graphs, the feature cache and the bf16 copy: not kept on the device after fit
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -263,14 +279,20 @@ class LPIPSModule(LightningModule):
             self.log("train/loss", self.steps.tally.loss_mean(), prog_bar=True, batch_size=len(batch["judge"]))
 
     def on_train_epoch_end(self) -> None:
-        self.steps.check()  # before the epoch's checkpoint: never save weights after a NaN step
-        # the value is already the same on every process in one-process runs; under DDP a mean of equal-sized shards
-        self.log("train/2afc", self.steps.tally.epoch_2afc(), sync_dist=self.trainer.world_size > 1)
-        self.lr_schedulers().step()  # manual optimisation: the schedule is stepped here, once per epoch
+        self.steps.check(weights=True)  # before the epoch's checkpoint: never save weights after a NaN step
+        steps, train_2afc = self.steps.tally.end_epoch()
+        if not steps:  # a resumed run replaying the end of an epoch it had finished: nothing to log or step
+            return
+        # under DDP a mean of equal-sized shards, one per process
+        self.log("train/2afc", train_2afc, sync_dist=self.trainer.world_size > 1)
+        # manual optimisation: the schedule is stepped here, once per finished epoch (not for one cut short)
+        loop = self.trainer.fit_loop.epoch_loop
+        if getattr(loop, "_num_ready_batches_reached", lambda: True)():
+            self.lr_schedulers().step()
 
     def on_validation_start(self) -> None:
-        if self.steps is not None and self.trainer.training:
-            self.steps.check()  # validation may save a checkpoint: not after a NaN step
+        if self.steps is not None and self.trainer.state.fn == "fit":
+            self.steps.check(weights=True)  # validation may save a checkpoint: not after a NaN step
 
     def _eval_step(self, stage: str, batch: dict[str, torch.Tensor], dataloader_idx: int) -> None:
         metric = self.metrics[stage][dataloader_idx]

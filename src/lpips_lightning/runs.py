@@ -181,7 +181,7 @@ class RunFolder:
         self.path, self.explicit = self._choose(config, ckpt)
         if self.resume:
             rank_zero_print(f"resuming run {self.path.name} from {Path(ckpt).name}")
-            self.resume_step = info.get("global_step")
+            self.resume_step = info.get("logged_step", info.get("global_step"))
         elif self.explicit and global_rank_zero() and _taken(self.path):
             raise ConfigError(
                 f"run folder {self.path} already holds a run; choose another --run_name, or resume that run "

@@ -41,7 +41,6 @@ from .metrics import two_afc
 CACHE_STEPS_PER_CALL = 64  # feature-cache minibatch steps per `training_step` call (and per graph replay)
 CAPTURED_STEPS_PER_CALL = 8  # full steps per call when captured: Lightning's per-batch work is paid once for 8
 CHECK_EVERY = 128  # at most this many steps between two reads of the training values (NaN watch)
-RING = 256  # each step's loss is kept for this many steps: enough to name the first bad one
 
 
 def pair_means(f: torch.Tensor, n: int, dropout: bool) -> torch.Tensor:
@@ -51,6 +50,17 @@ def pair_means(f: torch.Tensor, n: int, dropout: bool) -> torch.Tensor:
     if dropout:
         diff = dropout_half(diff)
     return diff.mean(dim=(3, 4))
+
+
+def counts_batches(trainer) -> bool:
+    """Whether the run counts training batches itself (so that a batch must stay one optimizer step)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    if trainer is None:
+        return False
+    if isinstance(trainer.limit_train_batches, int) or isinstance(trainer.val_check_interval, int):
+        return True
+    return any(isinstance(c, ModelCheckpoint) and c._every_n_train_steps for c in trainer.callbacks)
 
 
 def capture_refusal(world_size: int, precision: str) -> str | None:
@@ -73,6 +83,7 @@ class Tally:
     def __init__(self, first_step: int) -> None:
         self.first_step = first_step  # the trainer's global step when the count was 0
         self.steps = 0  # optimizer steps recorded
+        self.epoch_steps = 0  # of them in this epoch
         self.pending: list[tuple[torch.Tensor, ...]] = []  # (losses, d0, d1, judge) not read yet
         self.unread_steps = 0
         self.loss_sum = 0.0  # since the last `loss_mean`
@@ -83,6 +94,7 @@ class Tally:
     def add(self, losses: torch.Tensor, d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> None:
         self.pending.append((losses.detach(), d0.detach(), d1.detach(), judge))
         self.steps += len(losses)
+        self.epoch_steps += len(losses)
         self.unread_steps += len(losses)
 
     def due(self) -> bool:
@@ -112,11 +124,11 @@ class Tally:
         self.loss_sum, self.loss_steps = 0.0, 0
         return mean
 
-    def epoch_2afc(self) -> float:
-        """This epoch's training 2AFC score (after a `read`), then a fresh epoch."""
-        score = self.agreement / max(self.triplets, 1)
-        self.agreement, self.triplets = 0.0, 0
-        return score
+    def end_epoch(self) -> tuple[int, float]:
+        """This epoch's optimizer steps and training 2AFC score (after a `read`); then a fresh epoch."""
+        done = self.epoch_steps, self.agreement / max(self.triplets, 1)
+        self.epoch_steps, self.agreement, self.triplets = 0, 0.0, 0
+        return done
 
 
 class _Graph:
@@ -148,12 +160,15 @@ class Steps:
         self._frozen: tuple[torch.dtype, torch.nn.Module] | None = None
         self.capture = False
         self.loss_fn: Callable = self.loss
+        # what a fit did, kept after `release`: graph replays, the cache's shape, the frozen copy's dtype
+        self.replays = 0
+        self.cache_shape: tuple[int, ...] | None = None
+        self.frozen_dtype: torch.dtype | None = None
 
     # --- set-up -------------------------------------------------------------------------------
     def start(self) -> None:
         """Decide the path for this fit (capture, compile) and say so where it is not the fast one."""
         m = self.module
-        self.tally = Tally(m.global_step)
         wanted = m.hparams.capture
         self.capture = m.device.type == "cuda" and wanted in (True, "auto")
         if self.capture:
@@ -171,6 +186,15 @@ class Steps:
                 mode = None if mode == "default" else mode
             self.loss_fn = torch.compile(self.loss, mode=mode)
 
+    def begin_training(self) -> None:
+        """At train start, after a resumed run's step count is restored: count steps from there."""
+        self.tally = Tally(self.module.global_step)
+
+    def release(self) -> None:
+        """Let go of what only this fit needs on the device: graphs and their memory, the cache, the bf16 copy."""
+        self.graphs, self.warm, self.pool, self.lr, self.lr_host = {}, set(), None, [], []
+        self.cache, self._frozen = None, None
+
     def frozen_backbone(self, x: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor]:
         """The network and input for a backbone pass: a frozen backbone in the autocast dtype (copied once)."""
         net = self.lpips.net
@@ -181,6 +205,7 @@ class Steps:
         if self._frozen is None or self._frozen[0] != dtype:
             copied = copy.deepcopy(net).to(dtype).requires_grad_(False)
             self._frozen = (dtype, copied.train(net.training))
+            self.frozen_dtype = dtype
         return self._frozen[1], x.to(dtype)
 
     # --- the computation ----------------------------------------------------------------------
@@ -236,6 +261,8 @@ class Steps:
                 images = {k: v.to(m.device, non_blocking=True) for k, v in images.items()}
                 parts.append(self.vectors(images["ref"], images["p0"], images["p1"], dropout=False).float())
         self.cache = torch.cat(parts, dim=1)
+        self.cache_shape = tuple(self.cache.shape)
+        self._frozen = None  # the cache is all the frozen backbone was needed for
         return self.cache
 
     # --- the steps ----------------------------------------------------------------------------
@@ -291,7 +318,14 @@ class Steps:
         return tuple(torch.cat(column) for column in zip(*outputs))
 
     def steps_per_call(self) -> int:
-        """Minibatches per training batch (see `LPIPSModule.train_batch_multiple`)."""
+        """Minibatches per training batch (see `LPIPSModule.train_batch_multiple`).
+
+        One wherever the run counts batches itself (an integer `limit_train_batches` or
+        `val_check_interval`, checkpoints every N training steps): those counts keep their meaning.
+        """
+        trainer = self.module.trainer
+        if counts_batches(trainer):
+            return 1
         if self.module.feature_cache:
             return CACHE_STEPS_PER_CALL
         return CAPTURED_STEPS_PER_CALL if self.capture else 1
@@ -309,6 +343,10 @@ class Steps:
             names = ("ref", "p0", "p1", "judge") if "ref" in batch else ("index", "judge")
             step = self.full_step
         values = {k: batch[k] for k in names}
+        left = m.trainer.max_steps - m.global_step
+        if m.trainer.max_steps >= 0 and 0 < left < -(-n // size):  # the run ends inside this chunk: its first steps
+            values = {k: v[: left * size] for k, v in values.items()}
+            n = len(values["judge"])
         body = lambda v, lightning: self.chunk(step, v, size, lightning)  # noqa: E731
         if self.capture and n == size * per_call:  # one graph: whole chunks only (a last, shorter one runs eagerly)
             outputs = self.captured(values, body, per_call)
@@ -334,13 +372,15 @@ class Steps:
                 entry = self.graphs[key] = self._capture(values, body)
             except Exception as error:  # an operation that cannot be captured: say so, and go on eagerly
                 self.capture = False
+                first_line = (str(error).splitlines() or [""])[0][:160]
                 rank_zero_info(
                     f"capture: this step cannot be recorded as a CUDA graph ({type(error).__name__}: "
-                    f"{str(error).splitlines()[0][:160]}); training with the eager step instead"
+                    f"{first_line}); training with the eager step instead"
                 )
                 return body(values, True)
         self._sync_lr()
         outputs = entry.replay(values)
+        self.replays += 1
         optimizer = self.module.optimizers()
         for _ in range(steps):  # Lightning's step count (global_step), as its optimizer would
             optimizer._on_before_step()
@@ -390,9 +430,23 @@ class Steps:
                 self.lr_host[i] = group["lr"]
 
     # --- reading back -------------------------------------------------------------------------
-    def check(self) -> None:
-        """Read the training values back; stop at a NaN or infinite loss, naming its step."""
+    def check(self, weights: bool = False) -> None:
+        """Read the training values back; stop at a NaN or infinite loss, naming its step.
+
+        With `weights` (before anything may save them) the trained weights are checked too: the
+        last step's update can turn them NaN while its own loss was still finite.
+        """
+        if self.tally is None:  # before training started (a sanity check)
+            return
         bad = self.tally.read()
+        if bad is None and weights:
+            trained = [p.detach() for p in self.module.parameters() if p.requires_grad]
+            if trained and not bool(torch.stack([torch.isfinite(p).all() for p in trained]).all()):
+                raise TrainingError(
+                    f"the trained weights became NaN or infinite by step {self.module.global_step - 1} "
+                    f"(epoch {self.module.current_epoch}); lower lr, check the data, or train in precision 32 "
+                    "or bf16-mixed"
+                )
         if bad is not None:
             raise TrainingError(
                 f"the training loss became NaN or infinite at step {bad} (epoch {self.module.current_epoch}); "

@@ -269,6 +269,14 @@ def drop_lpips_aliases(
 CHECKPOINT_BACKBONE_KEY = "lpips_backbone"  # the resolved backbone spec, beside the hyperparameters
 
 
+def _logged_step(ckpt: dict) -> int | None:
+    """The step at which loggers last wrote (Lightning's count of training batches), or None."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
+    except (KeyError, TypeError, ValueError):
+        return ckpt.get("global_step")
+
+
 def read_checkpoint(path: str | os.PathLike, error: type[Exception] = WeightsError) -> tuple[dict, dict, dict]:
     """(hyperparameters, LPIPS state dict, extra info) from a Lightning checkpoint of `LPIPSModule`.
 
@@ -294,6 +302,8 @@ def read_checkpoint(path: str | os.PathLike, error: type[Exception] = WeightsErr
         "scores": scores,
         "epoch": ckpt.get("epoch"),
         "global_step": ckpt.get("global_step"),
+        # the loggers' step (Lightning's training batches): several optimizer steps each on the fast paths
+        "logged_step": _logged_step(ckpt),
         "backbone": backbone if isinstance(backbone, dict) else None,
     }
     return dict(hp), weights, info
