@@ -171,8 +171,16 @@ def test_gpu_overlay_without_a_gpu_is_one_line(trained, tmp_path, capfd):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_lightnings_own_refusals_are_one_line_and_leave_no_folder(trained, tmp_path, capfd):
-    args = _args(tmp_path / "runs", trained["data"], "--trainer.devices", "0")
+@pytest.mark.parametrize(
+    "option",
+    [
+        ("--trainer.devices", "0"),
+        ("--trainer.gradient_clip_val", "1.0"),  # the module takes its own steps (manual optimisation)
+        ("--trainer.accumulate_grad_batches", "2"),
+    ],
+)
+def test_lightnings_own_refusals_are_one_line_and_leave_no_folder(trained, tmp_path, capfd, option):
+    args = _args(tmp_path / "runs", trained["data"], *option)
     assert_refused(["fit", *args], capfd, tmp_path)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 

@@ -252,8 +252,11 @@ def run_training(argv: Sequence[str], run: bool = True):
     _ARGV[:] = list(argv)
     try:
         return _run_training(argv, run)
-    except LPIPSLightningError:
-        if _ACTIVE and getattr(_ACTIVE[0], "run", None) is not None:
+    except Exception as err:
+        # a refusal (ours, or Lightning's own, e.g. gradient clipping under manual optimisation)
+        # leaves no empty run folder behind
+        refused = isinstance(err, LPIPSLightningError) or type(err).__name__ == "MisconfigurationException"
+        if refused and _ACTIVE and getattr(_ACTIVE[0], "run", None) is not None:
             _ACTIVE[0].run.release()
         raise
     except SystemExit as done:

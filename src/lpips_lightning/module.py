@@ -166,7 +166,9 @@ class LPIPSModule(LightningModule):
         """Minibatches per training batch: the feature cache and the captured step take several per call.
 
         The epoch still visits every triplet once, in minibatches of the configured size, in the
-        same order; `trainer.limit_train_batches` and `log_every_n_steps` count these calls.
+        same order; `log_every_n_steps` counts these calls. Where the run counts batches itself (an
+        integer `limit_train_batches` or `val_check_interval`, checkpoints every N steps) a batch
+        stays one optimizer step.
         """
         if self.steps is not None:
             return self.steps.steps_per_call()
