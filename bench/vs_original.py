@@ -102,11 +102,18 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--full-loop", action="store_true", help="the original with its PNG loader (see above)")
     p.add_argument("--threads", type=int, default=2, help="the original's loader workers (--full-loop)")
-    p.add_argument("--repeat", type=int, default=1, help="alternate the two this many times; medians are compared")
+    p.add_argument("--repeat", type=int, default=1, help="alternate the runs this many times; medians are compared")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["32"],
+        choices=["32", "bf16-mixed"],
+        help="lpips-lightning's precision(s); the original trains in fp32",
+    )
     args = p.parse_args()
     n = args.batch * (args.steps + args.warmup + 2)
     timed = (args.variant, args.backbone, args.batch, args.steps, args.warmup)
-    originals, ours = [], []
+    originals, ours = [], {precision: [] for precision in args.precision}
     with tempfile.TemporaryDirectory() as tmp:
         if args.full_loop:
             from pack_speed import make_tree
@@ -127,21 +134,25 @@ def main() -> int:
                 originals.append(original_full_loop_rate(Path(tmp) / "bapps/2afc/train/bench", *timed, args.threads))
             else:
                 originals.append(original_rate(*timed))
-            # the packed tree has training triplets only: no validation groups
-            rate = run_one(data, *timed, "cpu", "32", False, False, "auto", 0, val=[] if args.full_loop else None)
-            ours.append(rate["rate"])
+            val = [] if args.full_loop else None  # the packed tree has training triplets only: no validation groups
+            for precision in args.precision:
+                rate = run_one(data, *timed, "cpu", precision, False, False, "auto", 0, val=val)
+                ours[precision].append(rate["rate"])
     print(
         f"{time.strftime('%Y-%m-%d')} cpu x{torch.get_num_threads()} {args.variant}-{args.backbone} batch {args.batch}"
     )
     print(f"{label}: triplets/s={statistics.median(originals):.0f} (runs: {', '.join(f'{r:.0f}' for r in originals)})")
-    print(
-        f"lpips-lightning fit (JudgmentsDataModule, Lightning): triplets/s={statistics.median(ours):.0f} "
-        f"(runs: {', '.join(f'{r:.0f}' for r in ours)})"
-    )
+    for precision, rates in ours.items():
+        print(
+            f"lpips-lightning fit, precision {precision} (JudgmentsDataModule, Lightning): "
+            f"triplets/s={statistics.median(rates):.0f} (runs: {', '.join(f'{r:.0f}' for r in rates)})"
+        )
     if args.full_loop:
         print(f"(lpips-lightning packed the {n:,} triplets once beforehand in {packed:.1f} s)")
-    pairs = ", ".join(f"{b / a:.2f}" for a, b in zip(originals, ours))
-    print(f"ratio of medians: {statistics.median(ours) / statistics.median(originals):.2f}x (each round: {pairs})")
+    for precision, rates in ours.items():
+        pairs = ", ".join(f"{b / a:.2f}" for a, b in zip(originals, rates))
+        ratio = statistics.median(rates) / statistics.median(originals)
+        print(f"ratio of medians, precision {precision}: {ratio:.2f}x (each round: {pairs})")
     return 0
 
 
