@@ -64,6 +64,17 @@ def harmless_sigint():
         signal.signal(sig, handler)
 
 
+def default_sigint() -> None:
+    """`preexec_fn` of a child that a test interrupts: SIGINT as a terminal delivers it.
+
+    A test run started in the background by a shell ignores SIGINT, and its children would
+    inherit that: the Ctrl-C under test would never arrive.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def assert_cache_matches_full(model, dataset, index) -> None:
     """The feature cache's distances and head gradients equal the full path's for training items `index`."""
     batch = dataset.read_images(index)

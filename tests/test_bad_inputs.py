@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_refused, make_bapps, snapshot, training_args
+from conftest import assert_refused, default_sigint, make_bapps, snapshot, training_args
 
 from lpips_lightning import judgments
 from lpips_lightning.cli import main
@@ -335,7 +335,7 @@ def test_a_signal_stops_fit_with_its_status_and_how_to_resume(trained, tmp_path,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_sigint,
     )
     try:
         deadline = time.time() + 300

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 from bapps_mirror import ARCHIVES, build_bapps_archives
-from conftest import assert_refused, snapshot
+from conftest import assert_refused, default_sigint, snapshot
 from PIL import Image
 
 from lpips_lightning import judgments
@@ -440,6 +440,7 @@ def _start(source: Path, out: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 30
     while not list(out.parent.glob(f".{out.name}.tmp-*")):  # pass 2 has begun
@@ -469,7 +470,6 @@ def test_signal_mid_archive_leaves_nothing(tmp_path, slow_archive, signum, statu
             break
         assert time.monotonic() < deadline, "decoding workers outlived pack"
         time.sleep(0.05)
-
 
 
 def test_signal_while_indexing_stops_at_once(tmp_path, mirror, monkeypatch, harmless_sigint):

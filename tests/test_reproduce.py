@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from bapps_mirror import build_bapps_archives, serve
+from conftest import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce.py"
@@ -294,6 +295,7 @@ def test_ctrl_c_stops_the_step_cleanly(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            preexec_fn=default_sigint,
         )
         part = data / ".twoafc_train.tar.gz.part"
         deadline = time.monotonic() + 60

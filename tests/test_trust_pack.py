@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_refused, make_bapps, snapshot
+from conftest import assert_refused, default_sigint, make_bapps, snapshot
 from PIL import Image
 
 from lpips_lightning import judgments
@@ -524,6 +524,7 @@ def _start_pack(source: Path, out: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 30
     while not glob.glob(str(out.parent / f".{out.name}.tmp-*")):
@@ -579,6 +580,7 @@ def test_sigterm_keeps_the_file_it_would_overwrite(tmp_path, slow_source):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 30
     while not list(tmp_path.glob(".o.h5.tmp-*")):
@@ -640,6 +642,7 @@ def test_stale_temp_of_a_dead_process_is_removed_a_live_ones_kept(tmp_path, capf
 
 
 # in-process: the signal arrives where raising it would be swallowed, or just before the rename
+
 
 class _SignalOnDelete:
     def __init__(self, signum):
