@@ -214,9 +214,14 @@ class BatchSizes(pl.Callback):
 
 def test_chunks_of_minibatches_train_as_single_steps_do(bapps_h5, tmp_path, monkeypatch):
     """Several minibatches per Lightning batch (the captured step's chunks, run eagerly here): the same weights."""
-    weights = {}
+    weights, real_start = {}, Steps.start
     for per_call in (1, 2):
-        monkeypatch.setattr(Steps, "steps_per_call", lambda self, k=per_call: k)
+
+        def start(self, k=per_call):
+            real_start(self)
+            self.per_call = k
+
+        monkeypatch.setattr(Steps, "start", start)
         torch.manual_seed(0)
         model = LPIPSModule(variant="tune", pretrained=False)  # dropout on: the same draws in the same order
         sizes = BatchSizes()

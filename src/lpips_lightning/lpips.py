@@ -238,12 +238,16 @@ class LPIPS(nn.Module):
             self.check_size(x.shape[-2], x.shape[-1])
         return self.unchecked_features(x, normalize)
 
-    def unchecked_features(self, x: torch.Tensor, normalize: bool = False) -> list[torch.Tensor]:
-        """`features` without the size check: a pure tensor function, for tracing and export."""
+    def prepare(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Images as the backbone takes them: [-1, 1] (see `to_unit_range`), then its input normalisation."""
         x = to_unit_range(x, normalize)
         if self.normalizes:
             x = (x - self.shift) / self.scale
-        return self.net(x)
+        return x
+
+    def unchecked_features(self, x: torch.Tensor, normalize: bool = False) -> list[torch.Tensor]:
+        """`features` without the size check: a pure tensor function, for tracing and export."""
+        return self.net(self.prepare(x, normalize))
 
     def distance(
         self, f0: list[torch.Tensor], f1: list[torch.Tensor], size: tuple[int, int] | None = None

@@ -171,7 +171,7 @@ class LPIPSModule(LightningModule):
         stays one optimizer step.
         """
         if self.steps is not None:
-            return self.steps.steps_per_call()
+            return self.steps.per_call
         return CACHE_STEPS_PER_CALL if self.feature_cache else 1
 
     # --- set-up ---------------------------------------------------------------------------

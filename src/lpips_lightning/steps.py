@@ -41,6 +41,7 @@ from .metrics import two_afc
 CACHE_STEPS_PER_CALL = 64  # feature-cache minibatch steps per `training_step` call (and per graph replay)
 CAPTURED_STEPS_PER_CALL = 8  # full steps per call when captured: Lightning's per-batch work is paid once for 8
 CHECK_EVERY = 128  # at most this many steps between two reads of the training values (NaN watch)
+NAN_ADVICE = "lower lr, check the data, or train in precision 32 or bf16-mixed"
 
 
 def pair_means(f: torch.Tensor, n: int, dropout: bool) -> torch.Tensor:
@@ -159,6 +160,7 @@ class Steps:
         self.lr_host: list[float | None] = []  # the values last copied into them
         self._frozen: tuple[torch.dtype, torch.nn.Module] | None = None
         self.capture = False
+        self.per_call = 1  # minibatches per training batch, fixed at fit start (the loader's batches hold them)
         self.loss_fn: Callable = self.loss
         # what a fit did, kept after `release`: graph replays, the cache's shape, the frozen copy's dtype
         self.replays = 0
@@ -178,6 +180,10 @@ class Steps:
                 rank_zero_info(f"capture: {reason}; training with the eager step instead (capture: false hides this)")
         if wanted is True and m.device.type != "cuda":
             rank_zero_info("capture: CUDA graphs need a CUDA device; training with the eager step on the CPU")
+        # several minibatches per batch, except where the run counts batches itself (an integer
+        # `limit_train_batches` or `val_check_interval`, checkpoints every N steps): those keep their meaning
+        if not counts_batches(m.trainer):
+            self.per_call = CACHE_STEPS_PER_CALL if m.feature_cache else CAPTURED_STEPS_PER_CALL if self.capture else 1
         mode = m.hparams.compile
         if mode and not m.feature_cache:
             mode = None if mode in (True, "default") else mode
@@ -212,15 +218,9 @@ class Steps:
     def vectors(self, ref: torch.Tensor, p0: torch.Tensor, p1: torch.Tensor, dropout: bool) -> torch.Tensor:
         """(2, N, channels): per pair (ref-p0, ref-p1), every tap's channel means of the squared difference."""
         m, n = self.module, ref.shape[0]
-        x = torch.cat([ref, p0, p1])
         layout = torch.channels_last if m.hparams.channels_last else torch.contiguous_format
-        if x.dtype == torch.uint8:  # as `lpips.to_unit_range`, converting the layout in the same copy
-            x = x.to(torch.float32, memory_format=layout) / 127.5 - 1.0
-        else:
-            x = x.contiguous(memory_format=layout)
-        if self.lpips.normalizes:
-            x = (x - self.lpips.shift) / self.lpips.scale
-        net, x = self.frozen_backbone(x)
+        # the layout converted first (on uint8 images the cheapest copy); the scaling keeps it
+        net, x = self.frozen_backbone(self.lpips.prepare(torch.cat([ref, p0, p1]).contiguous(memory_format=layout)))
         with torch.set_grad_enabled(torch.is_grad_enabled() and m.variant != "lin"):
             feats = net(x)
         return torch.cat([pair_means(f, n, dropout) for f in feats], dim=2)
@@ -268,10 +268,7 @@ class Steps:
     # --- the steps ----------------------------------------------------------------------------
     def images(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """ref, p0, p1 of a batch: carried by it, or gathered from the device-resident store by index."""
-        if "ref" in batch:
-            return batch
-        store = self.module.trainer.datamodule.device_images(batch["index"].device)
-        return {k: v[batch["index"]] for k, v in store.items()}
+        return batch if "ref" in batch else self.module.trainer.datamodule.gather_images(batch["index"])
 
     def _optimizer_step(self, loss: torch.Tensor, lightning: bool) -> None:
         """Backward, Adam and the head clamp: through Lightning (eager) or the raw optimizer (in a graph)."""
@@ -287,67 +284,54 @@ class Steps:
         with torch.no_grad():  # the heads stay non-negative, as the paper keeps them
             torch._foreach_clamp_min_([h.weight for h in self.lpips.heads], 0.0)
 
-    def full_step(self, values: dict[str, torch.Tensor], lightning: bool = True) -> tuple[torch.Tensor, ...]:
-        """One optimizer step on a batch of triplets (images, or indices into the device store).
-
-        Returns what the tally keeps: (loss (1,), d0, d1, judge).
-        """
+    def full_loss(self, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss and distances of a batch of triplets (images, or indices into the device store)."""
         images = self.images(values)
-        loss, d0, d1 = self.loss_fn(images["ref"], images["p0"], images["p1"], values["judge"])
-        self._optimizer_step(loss, lightning)
-        return loss.detach().view(1), d0.detach(), d1.detach(), values["judge"]
+        return self.loss_fn(images["ref"], images["p0"], images["p1"], values["judge"])
 
-    def cached_step(self, values: dict[str, torch.Tensor], lightning: bool = True) -> tuple[torch.Tensor, ...]:
-        """One optimizer step on cached pair vectors of training items ``values["index"]``."""
+    def cached_loss(self, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss and distances of training items ``values["index"]`` from their cached pair vectors."""
         d0, d1 = self.cached_distances(values["index"])
-        loss = self.module.rank_head(d0, d1, values["judge"])
+        return self.module.rank_head(d0, d1, values["judge"]), d0, d1
+
+    def step(self, loss_of: Callable, values: dict[str, torch.Tensor], lightning: bool) -> tuple[torch.Tensor, ...]:
+        """One optimizer step on the loss `loss_of` gives for a minibatch; what the tally keeps of it."""
+        loss, d0, d1 = loss_of(values)
         self._optimizer_step(loss, lightning)
         return loss.detach().view(1), d0.detach(), d1.detach(), values["judge"]
 
-    def chunk(self, step: Callable, values: dict[str, torch.Tensor], size: int, lightning: bool = True) -> tuple:
-        """`step` on each minibatch of `size` triplets of a chunk, in order; the tally's values of all of them."""
+    def chunk(self, loss_of: Callable, values: dict[str, torch.Tensor], size: int, lightning: bool = True) -> tuple:
+        """A `step` on each minibatch of `size` triplets of a chunk, in order; the tally's values of all of them."""
         if len(values["judge"]) <= size:
-            return step(values, lightning)
+            return self.step(loss_of, values, lightning)
         optimizer = self.module.optimizers().optimizer
         parts = {k: v.split(size) for k, v in values.items()}
         outputs = []
         for k in range(len(parts["judge"])):
             if not lightning and k:  # inside a graph: the first backward allocates the gradients
                 optimizer.zero_grad(set_to_none=False)
-            outputs.append(step({name: p[k] for name, p in parts.items()}, lightning))
-        return tuple(torch.cat(column) for column in zip(*outputs))
-
-    def steps_per_call(self) -> int:
-        """Minibatches per training batch (see `LPIPSModule.train_batch_multiple`).
-
-        One wherever the run counts batches itself (an integer `limit_train_batches` or
-        `val_check_interval`, checkpoints every N training steps): those counts keep their meaning.
-        """
-        trainer = self.module.trainer
-        if counts_batches(trainer):
-            return 1
-        if self.module.feature_cache:
-            return CACHE_STEPS_PER_CALL
-        return CAPTURED_STEPS_PER_CALL if self.capture else 1
+            outputs.append(self.step(loss_of, {name: p[k] for name, p in parts.items()}, lightning))
+        losses, d0, d1 = (torch.cat(column) for column in list(zip(*outputs))[:3])
+        return losses, d0, d1, values["judge"]  # the chunk's judgments are its minibatches' in order
 
     def run(self, batch: dict[str, torch.Tensor]) -> None:
         """Every optimizer step of one training batch: a chunk of minibatches, captured when it is whole."""
         m = self.module
         n = len(batch["judge"])
         size = getattr(m.trainer.datamodule, "batch_size", None)
-        # the minibatch size: our data module's (its batches hold `steps_per_call` of them), else the batch itself
-        per_call, size = (self.steps_per_call(), size) if size else (1, n)
+        # the minibatch size: our data module's (its batches hold `per_call` of them), else the batch itself
+        per_call, size = (self.per_call, size) if size else (1, n)
         if m.feature_cache:
-            names, step = ("index", "judge"), self.cached_step
+            names, loss_of = ("index", "judge"), self.cached_loss
         else:
             names = ("ref", "p0", "p1", "judge") if "ref" in batch else ("index", "judge")
-            step = self.full_step
+            loss_of = self.full_loss
         values = {k: batch[k] for k in names}
         left = m.trainer.max_steps - m.global_step
         if m.trainer.max_steps >= 0 and 0 < left < -(-n // size):  # the run ends inside this chunk: its first steps
             values = {k: v[: left * size] for k, v in values.items()}
             n = len(values["judge"])
-        body = lambda v, lightning: self.chunk(step, v, size, lightning)  # noqa: E731
+        body = lambda v, lightning: self.chunk(loss_of, v, size, lightning)  # noqa: E731
         if self.capture and n == size * per_call:  # one graph: whole chunks only (a last, shorter one runs eagerly)
             outputs = self.captured(values, body, per_call)
         else:
@@ -444,11 +428,10 @@ class Steps:
             if trained and not bool(torch.stack([torch.isfinite(p).all() for p in trained]).all()):
                 raise TrainingError(
                     f"the trained weights became NaN or infinite by step {self.module.global_step - 1} "
-                    f"(epoch {self.module.current_epoch}); lower lr, check the data, or train in precision 32 "
-                    "or bf16-mixed"
+                    f"(epoch {self.module.current_epoch}); {NAN_ADVICE}"
                 )
         if bad is not None:
             raise TrainingError(
                 f"the training loss became NaN or infinite at step {bad} (epoch {self.module.current_epoch}); "
-                "lower lr, check the data, or train in precision 32 or bf16-mixed"
+                f"{NAN_ADVICE}"
             )

@@ -362,7 +362,12 @@ class JudgmentsDataModule(pl.LightningDataModule):
         Unless the trained module gathers them itself (`gathers_images`: inside its captured step).
         """
         if self._device_store is not None and "index" in batch and "p0" not in batch:
-            store = self.device_images(batch["index"].device)
-            if not getattr(self._trained_module, "gathers_images", False):
-                batch.update({k: v[batch["index"]] for k, v in store.items()})
+            if getattr(self._trained_module, "gathers_images", False):
+                self.device_images(batch["index"].device)  # the store moves to the device once, here
+            else:
+                batch.update(self.gather_images(batch["index"]))
         return batch
+
+    def gather_images(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """ref, p0 and p1 of training items `index` from the device-resident store, on `index`'s device."""
+        return {k: v[index] for k, v in self.device_images(index.device).items()}
