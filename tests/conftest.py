@@ -75,6 +75,31 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def start_pack(source: Path, out: Path, *extra: str):
+    """`pack SOURCE OUT` in a process group of its own (as a shell job), once it is writing its temporary file."""
+    import subprocess
+    import sys
+    import time
+
+    pack = [sys.executable, "-m", "lpips_lightning.cli", "pack"]
+    proc = subprocess.Popen(
+        [*pack, str(source), str(out), "--quiet", "--workers", "2", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_sigint,
+    )
+    deadline = time.monotonic() + 30
+    while not list(out.parent.glob(f".{out.name}.tmp-*")):  # the output is being written
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "pack never started writing"
+        time.sleep(0.02)
+    time.sleep(0.2)  # inside the decoding loop, workers busy
+    assert proc.poll() is None, "pack finished before it could be interrupted: make the source slower"
+    return proc
+
+
 def assert_cache_matches_full(model, dataset, index) -> None:
     """The feature cache's distances and head gradients equal the full path's for training items `index`."""
     batch = dataset.read_images(index)

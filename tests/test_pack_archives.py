@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 from bapps_mirror import ARCHIVES, build_bapps_archives
-from conftest import assert_refused, default_sigint, snapshot
+from conftest import assert_refused, snapshot, start_pack
 from PIL import Image
 
 from lpips_lightning import judgments
@@ -433,30 +433,11 @@ def slow_archive(tmp_path) -> Path:
     return _write(tmp_path / "data" / VAL, members).parent
 
 
-def _start(source: Path, out: Path, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [*CLI, "pack", str(source), str(out), "--quiet", "--workers", "2", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=default_sigint,
-    )
-    deadline = time.monotonic() + 30
-    while not list(out.parent.glob(f".{out.name}.tmp-*")):  # pass 2 has begun
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "pack never started writing"
-        time.sleep(0.02)
-    time.sleep(0.2)
-    assert proc.poll() is None, "pack finished before it could be interrupted: make the archive slower"
-    return proc
-
-
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_mid_archive_leaves_nothing(tmp_path, slow_archive, signum, status):
     out = tmp_path / "o.h5"
     out.write_text("precious")
-    proc = _start(slow_archive, out, "--overwrite")
+    proc = start_pack(slow_archive, out, "--overwrite")  # in pass 2
     os.killpg(proc.pid, signum)  # the whole group, as a terminal's Ctrl-C or a scheduler does
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == status, err

@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_refused, default_sigint, make_bapps, snapshot
+from conftest import assert_refused, make_bapps, snapshot, start_pack
 from PIL import Image
 
 from lpips_lightning import judgments
@@ -516,26 +516,6 @@ def slow_source(tmp_path) -> Path:
     return path
 
 
-def _start_pack(source: Path, out: Path) -> subprocess.Popen:
-    """`pack` in a process group of its own (as a shell job), once its temporary file exists."""
-    proc = subprocess.Popen(
-        [*CLI, "pack", str(source), str(out), "--quiet", "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=default_sigint,
-    )
-    deadline = time.monotonic() + 30
-    while not glob.glob(str(out.parent / f".{out.name}.tmp-*")):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "pack never started writing"
-        time.sleep(0.02)
-    time.sleep(0.2)  # inside the decoding loop, workers busy
-    assert proc.poll() is None, "pack finished before it could be interrupted: make the source slower"
-    return proc
-
-
 def _process_group_gone(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -555,7 +535,7 @@ def _process_group_gone(pgid: int) -> bool:
 )
 def test_signal_mid_pack_leaves_nothing(tmp_path, slow_source, signum, whole_group, status):
     out = tmp_path / "o.h5"
-    proc = _start_pack(slow_source, out)
+    proc = start_pack(slow_source, out)
     if whole_group:
         os.killpg(proc.pid, signum)
     else:
@@ -574,18 +554,7 @@ def test_signal_mid_pack_leaves_nothing(tmp_path, slow_source, signum, whole_gro
 def test_sigterm_keeps_the_file_it_would_overwrite(tmp_path, slow_source):
     out = tmp_path / "o.h5"
     out.write_text("precious")
-    proc = subprocess.Popen(
-        [*CLI, "pack", str(slow_source), str(out), "--quiet", "--workers", "2", "--overwrite"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=default_sigint,
-    )
-    deadline = time.monotonic() + 30
-    while not list(tmp_path.glob(".o.h5.tmp-*")):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    proc = start_pack(slow_source, out, "--overwrite")
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143 and err.strip() == "interrupted", err
@@ -598,7 +567,7 @@ def test_a_killed_worker_is_one_error_not_a_hang(tmp_path, slow_source):
     if not children.exists():
         pytest.skip("needs /proc/PID/task/PID/children")
     out = tmp_path / "o.h5"
-    proc = _start_pack(slow_source, out)
+    proc = start_pack(slow_source, out)
     workers = (Path("/proc") / str(proc.pid) / "task" / str(proc.pid) / "children").read_text().split()
     assert len(workers) == 2
     os.kill(int(workers[0]), signal.SIGKILL)  # the OOM killer's way
@@ -613,7 +582,7 @@ def test_a_killed_worker_is_one_error_not_a_hang(tmp_path, slow_source):
 
 def test_after_sigkill_the_next_pack_removes_the_stale_temp(tmp_path, slow_source, capfd):
     out = tmp_path / "o.h5"
-    proc = _start_pack(slow_source, out)
+    proc = start_pack(slow_source, out)
     os.killpg(proc.pid, signal.SIGKILL)  # no clean-up possible
     proc.communicate(timeout=30)
     stale = list(tmp_path.glob(".o.h5.tmp-*"))
@@ -751,7 +720,7 @@ def test_workers_die_with_a_parent_killed_outright(tmp_path, slow_source):
     if not glob.glob(f"/proc/{os.getpid()}/task/*/children"):
         pytest.skip("needs /proc/PID/task/TID/children")
     out = tmp_path / "o.h5"
-    proc = _start_pack(slow_source, out)
+    proc = start_pack(slow_source, out)
     workers = _children(proc.pid)
     assert len(workers) == 2, workers
     proc.kill()  # SIGKILL to pack alone: nothing of it runs again
