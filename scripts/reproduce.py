@@ -354,14 +354,22 @@ def _scores_pct(scores: dict[str, float] | None, kind: str, subsets: Sequence[st
     return [100 * scores[f"{kind}/val/{s}"] if f"{kind}/val/{s}" in scores else None for s in subsets]
 
 
-def _afc_row(label: str, source: str, values: list[float | None], trad_cnn: float | None = None) -> str:
-    trad_cnn = _mean(values[:2]) if trad_cnn is None else trad_cnn
-    cells = [label, source, *map(_pct, values), _pct(_mean(values)), _pct(trad_cnn)]
+def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _md_table(head: Sequence[str], rows: Sequence[str]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, the (already formatted) rows."""
+    return [_md_row(head), "|" + "---|" * len(head), *rows]
+
+
+def _afc_row(label: str, source: str, values: list[float | None], trad_cnn: float | None = None) -> str:
+    trad_cnn = _mean(values[:2]) if trad_cnn is None else trad_cnn
+    return _md_row([label, source, *map(_pct, values), _pct(_mean(values)), _pct(trad_cnn)])
+
+
 def _jnd_row(label: str, source: str, values: list[float | None]) -> str:
-    return "| " + " | ".join([label, source, *map(_pct, values), _pct(_mean(values))]) + " |"
+    return _md_row([label, source, *map(_pct, values), _pct(_mean(values))])
 
 
 def build_table(
@@ -404,29 +412,23 @@ def build_table(
     human = [paper.paper_2afc("human", s) for s in afc]
     afc_rows.append(_afc_row("human", "paper", human, paper.paper_trad_cnn("human")))
 
-    afc_head = ["configuration", "source", *afc, "mean (6)", "trad+CNN"]
-    jnd_head = ["configuration", "source", *jnd, "mean"]
     lines = [
         "# LPIPS on BAPPS: this reproduction next to the paper",
         "",
-        "Zhang et al., CVPR 2018, \"The Unreasonable Effectiveness of Deep Features as a Perceptual Metric\". "
-        "Scores on the BAPPS validation split (the paper's test data), in percent. \"—\": no number "
+        'Zhang et al., CVPR 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric". '
+        'Scores on the BAPPS validation split (the paper\'s test data), in percent. "—": no number '
         "(the paper's per-subset values are not in `scripts/paper_numbers.py` yet; see its sources).",
         "",
         "## 2AFC score (%)",
         "",
-        "| " + " | ".join(afc_head) + " |",
-        "|" + "---|" * len(afc_head),
-        *afc_rows,
+        *_md_table(["configuration", "source", *afc, "mean (6)", "trad+CNN"], afc_rows),
         "",
-        "\"mean (6)\": mean over the six subsets; \"trad+CNN\": mean of traditional and CNN-based "
+        '"mean (6)": mean over the six subsets; "trad+CNN": mean of traditional and CNN-based '
         "distortions, the average the paper's poster reports. Paper trad+CNN: " + paper.TRAD_CNN_SOURCE + ".",
         "",
         "## JND mAP (%)",
         "",
-        "| " + " | ".join(jnd_head) + " |",
-        "|" + "---|" * len(jnd_head),
-        *jnd_rows,
+        *_md_table(["configuration", "source", *jnd, "mean"], jnd_rows),
         "",
     ]
     if notes:
