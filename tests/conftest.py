@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-_SESSION_TMP = Path(tempfile.mkdtemp(prefix="lpips-lightning-tests-"))
+# One folder per test session, removed when the session ends (fake ImageNet weights alone take ~1 GB).
+# Processes started from the tests (DDP workers importing a test module) inherit and share it.
+if "LPIPS_LIGHTNING_TESTS_TMP" not in os.environ:
+    os.environ["LPIPS_LIGHTNING_TESTS_TMP"] = tempfile.mkdtemp(prefix="lpips-lightning-tests-")
+    _OWNER_PID = os.getpid()
+else:
+    _OWNER_PID = None
+_SESSION_TMP = Path(os.environ["LPIPS_LIGHTNING_TESTS_TMP"])
 # Never reach a hub, never ask for a W&B login: everything lives in a temporary folder.
 os.environ["TORCH_HOME"] = str(_SESSION_TMP / "torch")
 os.environ["WANDB_MODE"] = "offline"
@@ -17,6 +25,12 @@ for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"
     os.environ[var] = str(_SESSION_TMP / "wandb")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["LPIPS_LIGHTNING_CACHE"] = str(_SESSION_TMP / "cache")
+
+
+def pytest_unconfigure(config) -> None:
+    """Leave nothing behind in the temporary folder: each session's weights and caches go with it."""
+    if _OWNER_PID == os.getpid():
+        shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 def write_fake_imagenet(torch_home: Path, names=("alex", "vgg", "squeeze"), seed: int = 0) -> None:
