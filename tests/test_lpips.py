@@ -221,3 +221,27 @@ def test_forward_refuses_batches_that_are_not_rgb_images():
     for shape in ((3, 64, 64), (1, 1, 64, 64)):
         with pytest.raises(ConfigError, match=r"\(N, 3, H, W\) batches of RGB images"):
             metric(torch.zeros(shape), torch.zeros(shape))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_is_fair_per_bit_and_scales_by_two(dtype):
+    from lpips_lightning.lpips import dropout_half
+
+    torch.manual_seed(0)
+    x = torch.full((4000, 64), 3.0, dtype=dtype, requires_grad=True)
+    y = dropout_half(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert set(y.unique().tolist()) == {0.0, 6.0}
+    kept = (y != 0).float()
+    # every element position is fair (4,000 draws each: 4 sigma is 0.032)
+    assert (kept.mean(0) - 0.5).abs().max() < 0.032
+    assert abs(kept.mean().item() - 0.5) < 0.005
+    # neighbouring elements are independent
+    assert abs((kept[:, 1:] == kept[:, :-1]).float().mean().item() - 0.5) < 0.005
+    y.sum().backward()
+    assert torch.equal(x.grad, 2 * kept.to(dtype))
+    # odd sizes: the mask is cut to the tensor; a seeded draw is reproducible
+    torch.manual_seed(1)
+    a = dropout_half(torch.ones(3, 5, 7))
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout_half(torch.ones(3, 5, 7)))

@@ -239,3 +239,57 @@ def test_max_steps_is_exact_when_a_batch_holds_many_steps(bapps_h5, tmp_path):
     model = LPIPSModule(variant="lin", pretrained=False, feature_cache=True)
     cpu_trainer(tmp_path, max_epochs=3, max_steps=5).fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
     assert model.global_step == 5  # 3 minibatches an epoch: 3, then 2 of the second epoch's 3
+
+
+def _fit_heads(path, root, prepack: bool, monkeypatch, **module_args) -> tuple[LPIPSModule, list[torch.Tensor]]:
+    """Heads after a short fp32 CPU fit, with or without the oneDNN-prepacked frozen backbone."""
+    from lpips_lightning import steps
+
+    if not prepack:
+        monkeypatch.setattr(steps, "prepacked_copy", lambda net, x: net)
+    pl.seed_everything(0)
+    model = LPIPSModule(variant="lin", pretrained=False, **module_args)
+    cpu_trainer(root, limit_train_batches=3).fit(model, JudgmentsDataModule(str(path), batch_size=4))
+    monkeypatch.undo()
+    return model, [h.weight.detach().clone() for h in model.lpips.heads]
+
+
+@pytest.mark.parametrize("backbone", ["alex", "squeeze"])
+def test_prepacked_frozen_backbone_trains_the_same_heads(bapps_h5, tmp_path, monkeypatch, backbone):
+    fast, fast_heads = _fit_heads(bapps_h5, tmp_path / "fast", True, monkeypatch, backbone=backbone)
+    plain, plain_heads = _fit_heads(bapps_h5, tmp_path / "plain", False, monkeypatch, backbone=backbone)
+    assert fast.steps.prepacked and not plain.steps.prepacked
+    assert fast.steps.frozen_dtype == torch.float32
+    for a, b in zip(fast_heads, plain_heads):  # oneDNN's blocked convolutions round a little differently
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert not any(k.startswith("steps") or "frozen" in k for k in fast.state_dict())
+
+
+def test_prepacked_copy_keeps_the_network_where_it_would_compute_differently(monkeypatch):
+    from torch.fx.experimental import optimization
+
+    from lpips_lightning.lpips import LPIPS
+    from lpips_lightning.steps import prepacked_copy
+
+    net = LPIPS(pretrained=False, heads=None).net
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert prepacked_copy(net, x) is not net  # AlexNet traces and computes the same
+    assert prepacked_copy(net, x.double()) is net  # float32 only
+
+    class Off(torch.nn.Module):  # a "fast" copy whose first tap is off by 0.1 %
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            taps = self.module(x)
+            return [taps[0] * 1.001, *taps[1:]]
+
+    monkeypatch.setattr(optimization, "optimize_for_inference", Off)
+    assert prepacked_copy(net, x) is net
+
+    def fails(module):
+        raise RuntimeError("symbolically traced variables cannot be used as inputs to control flow")
+
+    monkeypatch.setattr(optimization, "optimize_for_inference", fails)
+    assert prepacked_copy(net, x) is net

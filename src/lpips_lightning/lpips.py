@@ -40,26 +40,24 @@ def normalize_tensor(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return x / (norm + eps)
 
 
-# bit i of every byte value b, times 2: row b is the dropout mask that byte b unpacks to
-_BYTE_MASKS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).float() * 2
-_MASKS_BY_DTYPE: dict[torch.dtype, torch.Tensor] = {}
+_BIT_SHIFTS = torch.arange(7, dtype=torch.uint8)  # bits 1..7 of a random byte, each brought to bit 1 (value 2)
 
 
 def dropout_half(x: torch.Tensor) -> torch.Tensor:
     """Dropout with p = 0.5 in training (zero half, double the rest), like ``F.dropout(x, 0.5)``.
 
-    On the CPU the mask is unpacked from random bytes, eight draws per byte, through a table of
-    the 256 bytes' masks: 15x faster than `F.dropout`'s Bernoulli sampling, which took a third
-    of a CPU training step.
+    On the CPU the mask is unpacked from random 64-bit words: bits 1 to 7 of each random byte,
+    each shifted to bit 1 and masked, are the factors 0 or 2 of seven elements. One random draw
+    per 56 elements instead of `F.dropout`'s Bernoulli sample per element, which took a third of
+    a CPU training step.
     """
     if x.device.type != "cpu":
         return F.dropout(x, 0.5, True)
-    table = _MASKS_BY_DTYPE.get(x.dtype)
-    if table is None:
-        table = _MASKS_BY_DTYPE[x.dtype] = _BYTE_MASKS.to(x.dtype)
     n = x.numel()
-    random_bytes = torch.randint(0, 256, ((n + 7) // 8,))  # int64: an index, not a boolean mask
-    return x * table[random_bytes].flatten()[:n].view(x.shape)
+    n_bytes = (n + 6) // 7
+    words = torch.randint(-(2**63), 2**63 - 1, ((n_bytes + 7) // 8,), dtype=torch.int64)  # all 64 bits random
+    mask = (words.view(torch.uint8)[:n_bytes].unsqueeze(-1) >> _BIT_SHIFTS) & 2
+    return x * mask.flatten()[:n].view(x.shape)
 
 
 def to_unit_range(x: torch.Tensor, normalize: bool = False) -> torch.Tensor:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -51,6 +52,32 @@ def pair_means(f: torch.Tensor, n: int, dropout: bool) -> torch.Tensor:
     if dropout:
         diff = dropout_half(diff)
     return diff.mean(dim=(3, 4))
+
+
+def prepacked_copy(net: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """A frozen CPU backbone with its convolutions prepacked for oneDNN, or `net` where that does not serve.
+
+    torch.fx's `optimize_for_inference` folds batch norms into convolutions and keeps the
+    weights in oneDNN's blocked layout: AlexNet's float32 pass on 64x64 images takes about 20 %
+    less time, SqueezeNet's about half. Backbones that torch.fx cannot trace (most ViTs) keep
+    `net`, and so does a copy whose taps differ from `net`'s on the first two inputs.
+    """
+    if not torch.backends.mkldnn.is_available() or x.dtype != torch.float32 or net.training:
+        return net
+    from torch.fx.experimental.optimization import optimize_for_inference
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fast = optimize_for_inference(copy.deepcopy(net))
+            with torch.no_grad():
+                same = all(
+                    a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+                    for a, b in zip(net(x[:2]), fast(x[:2]), strict=True)
+                )
+    except Exception:  # noqa: BLE001 -- any failure to trace or run means: keep the plain network
+        return net
+    return fast if same else net
 
 
 def counts_batches(trainer) -> bool:
@@ -166,6 +193,7 @@ class Steps:
         self.replays = 0
         self.cache_shape: tuple[int, ...] | None = None
         self.frozen_dtype: torch.dtype | None = None
+        self.prepacked = False  # whether the frozen backbone ran as its oneDNN-prepacked copy (CPU)
 
     # --- set-up -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -202,16 +230,25 @@ class Steps:
         self.cache, self._frozen = None, None
 
     def frozen_backbone(self, x: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor]:
-        """The network and input for a backbone pass: a frozen backbone in the autocast dtype (copied once)."""
+        """The network and input for a backbone pass: a frozen backbone's fast copy, made once per fit.
+
+        Under autocast, a copy in the autocast dtype; in float32 on the CPU, a copy with its
+        convolutions prepacked for oneDNN (`prepacked_copy`).
+        """
         net = self.lpips.net
         device = x.device.type
-        if self.module.variant != "lin" or net.lora_rank or not torch.is_autocast_enabled(device):
+        autocast = torch.is_autocast_enabled(device)
+        if self.module.variant != "lin" or net.lora_rank or not (autocast or device == "cpu"):
             return net, x
-        dtype = torch.get_autocast_dtype(device)
+        dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
         if self._frozen is None or self._frozen[0] != dtype:
-            copied = copy.deepcopy(net).to(dtype).requires_grad_(False)
-            self._frozen = (dtype, copied.train(net.training))
+            if autocast:
+                copied = copy.deepcopy(net).to(dtype).requires_grad_(False).train(net.training)
+            else:
+                copied = prepacked_copy(net, x)
+            self._frozen = (dtype, copied)
             self.frozen_dtype = dtype
+            self.prepacked = copied is not net and not autocast
         return self._frozen[1], x.to(dtype)
 
     # --- the computation ----------------------------------------------------------------------
