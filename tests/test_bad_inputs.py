@@ -193,6 +193,10 @@ def test_images_too_small_for_the_backbone(tmp_path, capfd, imagenet_cache):
     assert "1x1" in err and "minimum" in err and "alex" in err
     err = assert_refused(["evaluate", "baseline:alex", "--data", str(tiny), "--quiet"], capfd, tmp_path)
     assert "1x1" in err and "minimum" in err
+    err = assert_refused(["evaluate", "ssim", "--data", str(tiny), "--quiet"], capfd, tmp_path)
+    assert "1x1" in err and "6x6 minimum of ssim" in err and "Padding" not in err
+    # l2 needs no minimum: one pixel is an image
+    assert main(["evaluate", "l2", "--data", str(tiny), "--quiet"]) == 0
 
 
 @pytest.mark.parametrize(

@@ -36,12 +36,21 @@ def _l2(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return ((to_unit_range(x0) - to_unit_range(x1)) ** 2).mean(dim=(1, 2, 3))
 
 
+SSIM_MIN_SIZE = 6
+
+
 def _ssim(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """1 - SSIM (torchmetrics, Gaussian window 11, RGB in [0, 1]), per pair."""
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
     from .lpips import to_unit_range
 
+    height, width = x0.shape[-2:]
+    if min(height, width) < SSIM_MIN_SIZE:  # the 11-pixel window is padded by 5 on each side
+        raise ConfigError(
+            f"images of {height}x{width} pixels are smaller than the {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} minimum of ssim "
+            "(its 11-pixel Gaussian window)"
+        )
     a, b = ((to_unit_range(x) + 1) / 2 for x in (x0, x1))
     return 1 - ssim(a, b, data_range=1.0, reduction="none")
 
