@@ -139,7 +139,29 @@ def test_truncated_archive_is_refused_and_removed(served, tmp_path, capfd):
         line = assert_refused(
             ["download", "bapps", str(out_dir), "--parts", "val", "--base-url", m.url, "--quiet"], capfd, out_dir
         )
-    assert "twoafc_val.tar.gz" in line and "not a complete tar.gz" in line and "deleted it" in line
+    assert "twoafc_val.tar.gz" in line and "the downloaded file: damaged or cut short" in line and "deleted it" in line
+    assert "download it again" not in line  # pack's advice; download deletes it and says to rerun
+    assert not list(out_dir.glob("*tar.gz*"))
+
+
+def test_damaged_tar_header_inside_an_intact_gzip_is_refused(served, tmp_path, capfd):
+    """Stream-mode tarfile stops quietly at a bad header: the members after it must not go missing."""
+    import gzip
+    import io
+
+    raw = bytearray(gzip.decompress((served / "twoafc_val.tar.gz").read_bytes()))
+    with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as tar:
+        members = tar.getmembers()
+    raw[members[len(members) // 2].offset + 3] ^= 0x55  # a name byte: the header's checksum fails
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "twoafc_val.tar.gz").write_bytes(gzip.compress(bytes(raw)))  # a valid gzip stream
+    out_dir = tmp_path / "bapps"
+    with serve(bad) as m:
+        line = assert_refused(
+            ["download", "bapps", str(out_dir), "--parts", "val", "--base-url", m.url, "--quiet"], capfd, out_dir
+        )
+    assert "twoafc_val.tar.gz" in line and "a damaged tar header" in line and "deleted it" in line
     assert not list(out_dir.glob("*tar.gz*"))
 
 
@@ -152,7 +174,7 @@ def test_page_that_is_not_an_archive_is_refused(tmp_path, capfd):
         line = assert_refused(
             ["download", "bapps", str(out_dir), "--parts", "jnd", "--base-url", m.url, "--quiet"], capfd, out_dir
         )
-    assert "jnd.tar.gz" in line and "not a complete tar.gz" in line
+    assert "jnd.tar.gz" in line and "the downloaded file: not a .tar.gz archive" in line
 
 
 def test_404_is_one_line(mirror, tmp_path, capfd):

@@ -389,7 +389,7 @@ def test_group_option_and_outputs_refused_before_any_archive_is_read(tmp_path, m
     def never(*args):
         raise AssertionError("an archive was read")
 
-    monkeypatch.setattr(pack_module, "_members", never)
+    monkeypatch.setattr(pack_module, "archive_members", never)
     line = assert_refused(["pack", str(source), str(source / JND), "--overwrite"], capfd, tmp_path)
     assert "is also an input of this command" in line
     (tmp_path / "o.h5").write_text("precious")

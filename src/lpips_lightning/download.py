@@ -37,18 +37,14 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gzip
 import http.client
-import io
 import os
 import shlex
 import signal
 import sys
-import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,55 +225,33 @@ def _write_failed(err: OSError, part: Path) -> DownloadError:
     return DownloadError(f"cannot write {part} ({err.strerror or err!r})")
 
 
-class _Counting(io.RawIOBase):
-    """A readable file that reports every byte read to a progress bar."""
-
-    def __init__(self, fh: BinaryIO, bar) -> None:
-        self.fh, self.bar = fh, bar
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        n = self.fh.readinto(buffer)
-        self.bar.update(n)
-        return n
-
-
 def check_archive(path: str | os.PathLike, progress: bool = False, what: str | None = None) -> int:
     """Read a ``.tar.gz`` to its end (every member, the gzip checksum); return its member count.
 
-    Raises `DownloadError` naming the file when it is not gzip, not tar, cut short or corrupt.
+    Raises `DownloadError` naming the file (as `what`, if given) when it is not gzip, not tar,
+    cut short or corrupt, a damaged tar header inside an intact gzip stream included: `pack`'s
+    own reader (`archive_members`) does the reading.
     """
     from tqdm import tqdm
 
+    from .errors import PackError
+    from .pack import archive_members
+
     path = Path(path)
-    what = what or str(path)
-    members = 0
-    size = path.stat().st_size
-    with (
-        tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            desc=f"checking {path.name}",
-            disable=not progress,
-            leave=False,
-        ) as bar,
-        open(path, "rb") as raw,
-    ):
+    with tqdm(
+        total=path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc=f"checking {path.name}",
+        disable=not progress,
+        leave=False,
+    ) as bar:
         try:
-            with gzip.GzipFile(fileobj=io.BufferedReader(_Counting(raw, bar), CHUNK), mode="rb") as gz:
-                with tarfile.open(fileobj=gz, mode="r|") as tar:
-                    for _ in tar:
-                        members += 1
-                while gz.read(CHUNK):  # the rest, up to the gzip trailer: its CRC and length are checked
-                    pass
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-            detail = str(err) or type(err).__name__
-            raise DownloadError(f"{what} is not a complete tar.gz archive ({detail})") from None
+            members = sum(1 for _ in archive_members(path, bar, shown=what, advice=""))
+        except PackError as err:
+            raise DownloadError(str(err)) from None
     if not members:
-        raise DownloadError(f"{what} is an empty archive")
+        raise DownloadError(f"{what or path} is an empty archive")
     return members
 
 

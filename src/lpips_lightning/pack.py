@@ -550,7 +550,12 @@ class _Tail:
         return b"".join(self.kept)[self.held - n :] if n else b""
 
 
-def _damaged(path: Path, reached: str | None, reading: bool, gzipped: bool, err: BaseException) -> PackError:
+REDOWNLOAD = "; delete it and download it again"
+
+
+def _damaged(
+    path: Path | str, reached: str | None, reading: bool, gzipped: bool, err: BaseException, advice: str = REDOWNLOAD
+) -> PackError:
     if isinstance(err, EOFError) or "unexpected end of data" in str(err):
         detail = "the file ends early"
     elif isinstance(err, zlib.error):
@@ -562,11 +567,9 @@ def _damaged(path: Path, reached: str | None, reading: bool, gzipped: bool, err:
             return PackError(f"{path}: not a .tar.gz archive (neither gzip-compressed nor a tar file: {detail})")
         return PackError(f"{path}: gzip-compressed, but no tar archive inside ({detail})")
     if isinstance(err, gzip.BadGzipFile) and ("CRC check" in detail or "length" in detail):
-        return PackError(
-            f"{path}: damaged (its gzip checksum does not match: {detail}); delete it and download it again"
-        )
+        return PackError(f"{path}: damaged (its gzip checksum does not match: {detail}){advice}")
     where = "before its first member" if reached is None else f"{'in' if reading else 'after'} member {_shown(reached)}"
-    return PackError(f"{path}: damaged or cut short {where} ({detail}); delete it and download it again")
+    return PackError(f"{path}: damaged or cut short {where} ({detail}){advice}")
 
 
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
@@ -586,13 +589,14 @@ def _open_archive(path: Path):
         raise PackError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
 
 
-def _members(path: Path, bar) -> Iterator[tarfile.TarInfo]:
-    """Every member of the tar or tar.gz `path`, in order (pass 1: their headers, not their data).
+def archive_members(path: Path, bar, shown: str | None = None, advice: str = REDOWNLOAD) -> Iterator[tarfile.TarInfo]:
+    """Every member of the tar or tar.gz `path`, in order (pass 1 of `pack`: their headers, not their data).
 
     One streaming pass (tarfile's ``r|``): nothing is extracted or written anywhere. A file
-    that is not gzip or tar, is cut short or damaged raises `PackError` naming it and the
-    member reached: the gzip checksum is checked at the end, and what follows the last member
-    must be the end-of-archive NULs.
+    that is not gzip or tar, is cut short or damaged raises `PackError` naming it (as `shown`,
+    if given) and the member reached, then `advice`: the gzip checksum is checked at the end,
+    and what follows the last member must be the end-of-archive NULs (stream-mode tarfile
+    takes a damaged header for the end). `download` checks each archive it fetched with this.
     """
     reached, gzipped = None, False
     with _open_archive(path) as fh:
@@ -616,7 +620,7 @@ def _members(path: Path, bar) -> Iterator[tarfile.TarInfo]:
             if ended < END_OF_ARCHIVE:
                 raise EOFError
         except _READ_ERRORS as err:
-            raise _damaged(path, reached, False, gzipped, err) from None
+            raise _damaged(shown or path, reached, False, gzipped, err, advice) from None
 
 
 def _cut(archive: _Archive, bar, name: Callable[[int], str]) -> Iterator[tuple[int, bytes]]:
@@ -792,7 +796,7 @@ def plan_archives(archives: Sequence[str | os.PathLike], progress: bool = False)
         for archive in indexed:
             bar.set_description(f"index {archive.path.name}")
             first = None
-            for info in _members(archive.path, bar):
+            for info in archive_members(archive.path, bar):
                 first = first or info.name
                 _index_member(subsets, archive, info)
             if not any(sub.archive is archive for sub in subsets.values()):
