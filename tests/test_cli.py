@@ -128,6 +128,20 @@ def test_fit_leaves_a_complete_run_folder_and_w_and_b_offline(bapps_h5, tmp_path
     assert ckpt["hyper_parameters"]["variant"] == "lin"
 
 
+@pytest.mark.parametrize("overlay", [["--config", str(ROOT / "configs/debug.yaml")], ["--trainer.fast_dev_run", "2"]])
+def test_fast_dev_run_writes_nothing(bapps_h5, tmp_path, capsys, monkeypatch, overlay):
+    """A quick check (the debug overlay, or fast_dev_run alone with loggers on) leaves no run folder or runs_dir."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(_fit_args(tmp_path, bapps_h5, *overlay)) == 0
+    out = capsys.readouterr().out
+    assert "no files written" in out and "run folder:" not in out and "val/2afc/mean" in out
+    assert not (tmp_path / "runs").exists()
+    # a runs_dir that was there already stays, and so do its runs
+    (tmp_path / "runs/old").mkdir(parents=True)
+    assert main(_fit_args(tmp_path, bapps_h5, *overlay)) == 0
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["old"]
+
+
 def test_train_py_runs_the_same_cli():
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "fit" in result.stdout and "distance" in result.stdout

@@ -147,8 +147,8 @@ class ResumableCSVLogger(CSVLogger):
 class FitSummary(Callback):
     """When fit ends, print the best validation score, each subset's score, and where things are."""
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | os.PathLike | None) -> None:
+        self.run_dir = None if run_dir is None else Path(run_dir)  # None: a fast_dev_run, which writes nothing
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -166,7 +166,7 @@ class FitSummary(Callback):
             lines.append(f"best checkpoint: {best.best_model_path}")
         if last is not None and last.best_model_path:
             lines.append(f"last checkpoint: {last.best_model_path}")
-        lines.append(f"run folder: {self.run_dir}")
+        lines.append(f"run folder: {self.run_dir}" if self.run_dir else "fast_dev_run: a quick check, no files written")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and getattr(logger, "_offline", False):
                 lines.append(f"W&B (offline): wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}")

@@ -181,14 +181,17 @@ def _cli_class():
                     "held-out judgments to keep the best checkpoint: pack some into a 2afc/val/<name> group"
                 )
             run_dir = self.run.reserve()
+            # Lightning's fast_dev_run is a quick check: no logger, no checkpoint, and here no chart
+            # or run folder either (`run_training` removes the empty folder afterwards)
+            check_only = bool(config.trainer.get("fast_dev_run"))
             extra: dict = {"default_root_dir": str(run_dir)}
-            if config.trainer.get("logger") in (None, True):
+            if config.trainer.get("logger") in (None, True) and not check_only:
                 step = self.run.resume_step if self.run.resume else None
                 extra["logger"] = make_loggers(run_dir, config.run_name, config.wandb_project, step)
             trainer_config = {**self._get(self.config_init, "trainer", default={}), **extra, **kwargs}
             given = trainer_config.get("callbacks") or []
             given = given if isinstance(given, list) else [given]
-            callbacks = [SubsetChart(run_dir), FitSummary(run_dir)]
+            callbacks = [FitSummary(None)] if check_only else [SubsetChart(run_dir), FitSummary(run_dir)]
             if config.trainer.get("enable_progress_bar") is not False and not any(
                 isinstance(c, ProgressBar) for c in given
             ):  # reading the loss for the bar syncs the GPU: every 10 steps, not every step
@@ -251,7 +254,10 @@ def run_training(argv: Sequence[str], run: bool = True):
     _ACTIVE.clear()
     _ARGV[:] = list(argv)
     try:
-        return _run_training(argv, run)
+        cli = _run_training(argv, run)
+        if getattr(getattr(cli, "trainer", None), "fast_dev_run", False):
+            cli.run.release()  # a quick check leaves no run folder behind
+        return cli
     except Exception as err:
         # a refusal (ours, or Lightning's own, e.g. gradient clipping under manual optimisation)
         # leaves no empty run folder behind

@@ -244,6 +244,7 @@ class RunFolder:
         """Create the folder (rank 0); a default name that another run took in the same second gets a suffix."""
         if not global_rank_zero() or self.resume or _inherited_run_dir() is not None:
             return self.path
+        self._made_runs_dir = not self.runs_dir.exists()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         path, n = self.path, 1
         while True:
@@ -266,8 +267,9 @@ class RunFolder:
     def release(self) -> None:
         """Remove the folder `reserve` made if nothing but the run's config was written into it.
 
-        A run refused before it trained (a checkpoint that does not fit, images too small)
-        leaves no folder behind to take its name.
+        A run refused before it trained (a checkpoint that does not fit, images too small) or a
+        ``fast_dev_run`` check leaves no folder behind to take its name, nor a runs_dir that
+        `reserve` created and that stayed empty.
         """
         if not getattr(self, "_made", False) or not self.path.is_dir():
             return
@@ -276,6 +278,8 @@ class RunFolder:
             for e in entries:
                 e.unlink()
             self.path.rmdir()
+            if getattr(self, "_made_runs_dir", False) and not any(self.runs_dir.iterdir()):
+                self.runs_dir.rmdir()
 
 
 def print_error_once(message: str) -> None:
