@@ -293,3 +293,42 @@ def test_prepacked_copy_keeps_the_network_where_it_would_compute_differently(mon
 
     monkeypatch.setattr(optimization, "optimize_for_inference", fails)
     assert prepacked_copy(net, x) is net
+
+
+def _logged_steps(path, **module_args) -> tuple[dict[str, list[int]], int]:
+    """{column: [steps with a value]} of metrics.csv after a 2-epoch CPU fit (80 triplets, minibatches of 1)."""
+    import csv
+
+    import numpy as np
+    from pytorch_lightning.loggers import CSVLogger
+
+    from lpips_lightning import judgments
+
+    data = path / "d.h5"
+    if not data.exists():
+        rng = np.random.default_rng(0)
+        with judgments.write(data) as w:
+            for name, n in (("2afc/train/t", 80), ("2afc/val/t", 4)):
+                arrays = {k: rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8) for k in ("ref", "p0", "p1")}
+                w.fill(w.create_group(name, n, (32, 32)), 0, {**arrays, "judge": rng.random(n).astype(np.float32)})
+    root = path / ("cached" if module_args.get("feature_cache") else "plain")
+    trainer = cpu_trainer(root, max_epochs=2, logger=CSVLogger(root, name="", version=""), log_every_n_steps=30)
+    trainer.fit(
+        LPIPSModule(variant="lin", pretrained=False, **module_args), JudgmentsDataModule(str(data), batch_size=1)
+    )
+    with open(root / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = {c: [int(r["step"]) for r in rows if r[c]] for c in ("train/loss", "val/2afc/mean", "train/2afc")}
+    return columns, trainer.log_every_n_steps
+
+
+def test_batches_of_many_steps_log_on_the_optimizer_step_axis(tmp_path):
+    """The feature cache takes 64 minibatch steps per batch; the logs still count optimizer steps."""
+    plain, plain_every = _logged_steps(tmp_path)
+    cached, cached_every = _logged_steps(tmp_path, feature_cache=True)
+    assert plain_every == cached_every == 30  # the Trainer's setting is given back after fit
+    assert plain["train/loss"] == [29, 59, 89, 119, 149]
+    # batches 0-63 and 64-79 of epoch 0, 80-143 and 144-159 of epoch 1: a batch logs when it crosses 30, 60, 90...
+    assert cached["train/loss"] == [63, 143, 159]
+    assert cached["val/2afc/mean"] == plain["val/2afc/mean"] == [79, 159]
+    assert cached["train/2afc"] == plain["train/2afc"] == [79, 159]

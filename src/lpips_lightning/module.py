@@ -166,7 +166,8 @@ class LPIPSModule(LightningModule):
         """Minibatches per training batch: the feature cache and the captured step take several per call.
 
         The epoch still visits every triplet once, in minibatches of the configured size, in the
-        same order; `log_every_n_steps` counts these calls. Where the run counts batches itself (an
+        same order; `log_every_n_steps` and the logged step count optimizer steps, as on the plain
+        path (a batch logs when it crosses a multiple). Where the run counts batches itself (an
         integer `limit_train_batches` or `val_check_interval`, checkpoints every N steps) a batch
         stays one optimizer step.
         """
@@ -272,9 +273,10 @@ class LPIPSModule(LightningModule):
             # Each epoch's dropout depends on (seed, epoch) only (and its order, see the data
             # module's sampler), so a resumed run ends with the same weights as an uninterrupted one.
             torch.manual_seed(epoch_seed(self.current_epoch))
+        before = self.global_step
         self.steps.run(batch)
         # training values are read back only when logged (or at most every CHECK_EVERY steps: the NaN watch)
-        logs = logs_this_step(self.trainer)
+        logs = self.steps.logs(before)
         if logs or self.steps.tally.due():
             self.steps.check()
         if logs:
@@ -335,14 +337,6 @@ class LPIPSModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
-
-
-def logs_this_step(trainer) -> bool:
-    """Whether Lightning writes logged values at this training batch (its `log_every_n_steps` rule)."""
-    connector = getattr(trainer, "_logger_connector", None)
-    if connector is not None and hasattr(connector, "should_update_logs"):
-        return bool(connector.should_update_logs)
-    return True
 
 
 def subset_names(groups: list[str]) -> list[str]:

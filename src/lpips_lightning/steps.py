@@ -91,6 +91,14 @@ def counts_batches(trainer) -> bool:
     return any(isinstance(c, ModelCheckpoint) and c._every_n_train_steps for c in trainer.callbacks)
 
 
+def logs_this_step(trainer) -> bool:
+    """Whether Lightning writes logged values at this training batch (its `log_every_n_steps` rule)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is not None and hasattr(connector, "should_update_logs"):
+        return bool(connector.should_update_logs)
+    return True
+
+
 def capture_refusal(world_size: int, precision: str) -> str | None:
     """Why a run cannot take the captured step (None: it can): said in one line, never silently slower."""
     if world_size > 1:
@@ -194,6 +202,7 @@ class Steps:
         self.cache_shape: tuple[int, ...] | None = None
         self.frozen_dtype: torch.dtype | None = None
         self.prepacked = False  # whether the frozen backbone ran as its oneDNN-prepacked copy (CPU)
+        self.log_every: int | None = None  # the Trainer's log_every_n_steps while batches take several steps
 
     # --- set-up -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -212,6 +221,9 @@ class Steps:
         # `limit_train_batches` or `val_check_interval`, checkpoints every N steps): those keep their meaning
         if not counts_batches(m.trainer):
             self.per_call = CACHE_STEPS_PER_CALL if m.feature_cache else CAPTURED_STEPS_PER_CALL if self.capture else 1
+        if self.per_call > 1 and m.trainer.log_every_n_steps > 0:
+            # `log_every_n_steps` counts optimizer steps: `logs` turns Lightning's writing on (1) for a batch or off (0)
+            self.log_every, m.trainer.log_every_n_steps = m.trainer.log_every_n_steps, 0
         mode = m.hparams.compile
         if mode and not m.feature_cache:
             mode = None if mode in (True, "default") else mode
@@ -228,6 +240,24 @@ class Steps:
         """Let go of what only this fit needs on the device: graphs and their memory, the cache, the bf16 copy."""
         self.graphs, self.warm, self.pool, self.lr, self.lr_host = {}, set(), None, [], []
         self.cache, self._frozen = None, None
+        if self.log_every is not None:  # the Trainer's own setting back
+            self.module.trainer.log_every_n_steps, self.log_every = self.log_every, None
+
+    def logs(self, before: int) -> bool:
+        """Whether the batch that took the run from optimizer step `before` to now logs its training values.
+
+        One step per batch: Lightning's rule (every `log_every_n_steps` batches). Several (the
+        feature cache, the captured step): when the batch crossed a multiple of
+        `log_every_n_steps` optimizer steps; Lightning's batch counter, which its loggers and
+        callbacks take for the step, is kept equal to the optimizer step count.
+        """
+        m = self.module
+        if self.log_every is None:
+            return logs_this_step(m.trainer)
+        m.trainer.fit_loop.epoch_loop._batches_that_stepped = m.global_step - 1  # Lightning adds the batch's 1
+        crossed = m.global_step // self.log_every > before // self.log_every
+        m.trainer.log_every_n_steps = int(crossed)  # Lightning writes this batch's values, or none of them
+        return crossed
 
     def frozen_backbone(self, x: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor]:
         """The network and input for a backbone pass: a frozen backbone's fast copy, made once per fit.
