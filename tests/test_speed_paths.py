@@ -332,3 +332,27 @@ def test_batches_of_many_steps_log_on_the_optimizer_step_axis(tmp_path):
     assert cached["train/loss"] == [63, 143, 159]
     assert cached["val/2afc/mean"] == plain["val/2afc/mean"] == [79, 159]
     assert cached["train/2afc"] == plain["train/2afc"] == [79, 159]
+
+
+def test_validation_during_fit_runs_the_fast_frozen_copy_and_scores_the_same(bapps_h5, tmp_path, monkeypatch):
+    passes = []
+    original = Steps.frozen_backbone
+
+    def counted(self, x):
+        net, x = original(self, x)
+        passes.append((self.module.training, net is not self.lpips.net))
+        return net, x
+
+    monkeypatch.setattr(Steps, "frozen_backbone", counted)
+    model = LPIPSModule(variant="lin", pretrained=False)
+    dm = JudgmentsDataModule(str(bapps_h5), batch_size=4)
+    trainer = cpu_trainer(tmp_path, limit_train_batches=2)
+    trainer.fit(model, dm)
+    during_fit = dict(model.scores["val"])
+    # validation (training False) ran the oneDNN-prepacked copy too, the one the steps made
+    assert (False, True) in passes and (True, True) in passes and model.steps.prepacked
+    monkeypatch.undo()
+    trainer.validate(model, dm, verbose=False)  # outside fit: the plain backbone
+    assert set(model.scores["val"]) == set(during_fit)
+    for key, value in during_fit.items():
+        assert model.scores["val"][key] == pytest.approx(value, abs=1e-6), key

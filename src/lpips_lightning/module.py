@@ -246,24 +246,34 @@ class LPIPSModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # --- the computation ------------------------------------------------------------------
-    def triplet_features(self, batch: dict[str, torch.Tensor]) -> tuple[list, list, list]:
-        """Tap features of ref, p0 and p1: one backbone pass over the three (no autograd in lin)."""
-        n = batch["ref"].shape[0]
-        x = to_unit_range(torch.cat([batch["ref"], batch["p0"], batch["p1"]]))
+    def features(self, *images: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Tap features of each batch of `images`: one backbone pass over all of them (no autograd in lin).
+
+        During fit a frozen backbone runs as the step's fast copy (`Steps.frozen_backbone`: bf16
+        under bf16-mixed, oneDNN-prepacked in float32 on the CPU), validation included.
+        """
+        n = images[0].shape[0]
+        x = to_unit_range(torch.cat(images))
+        self.lpips.check_size(*x.shape[-2:])
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        x = self.lpips.prepare(x)
+        net = self.lpips.net
+        if self.steps is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            net, x = self.steps.frozen_backbone(x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.variant != "lin"):
-            feats = self.lpips.features(x)
-        return [f[:n] for f in feats], [f[n : 2 * n] for f in feats], [f[2 * n :] for f in feats]
+            feats = net(x)
+        return [[f[k * n : (k + 1) * n] for f in feats] for k in range(len(images))]
 
     def triplet_distances(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """d(ref, p0) and d(ref, p1), each image through the backbone once."""
-        ref, p0, p1 = self.triplet_features(batch)
+        ref, p0, p1 = self.features(batch["ref"], batch["p0"], batch["p1"])
         return self.lpips.distance(ref, p0), self.lpips.distance(ref, p1)
 
     def pair_distance(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """d(p0, p1) for a JND batch."""
-        return self.lpips(to_unit_range(batch["p0"]), to_unit_range(batch["p1"]))
+        p0, p1 = self.features(batch["p0"], batch["p1"])
+        return self.lpips.distance(p0, p1)
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         return self.lpips(x0, x1)

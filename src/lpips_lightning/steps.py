@@ -329,7 +329,6 @@ class Steps:
                 parts.append(self.vectors(images["ref"], images["p0"], images["p1"], dropout=False).float())
         self.cache = torch.cat(parts, dim=1)
         self.cache_shape = tuple(self.cache.shape)
-        self._frozen = None  # the cache is all the frozen backbone was needed for
         return self.cache
 
     # --- the steps ----------------------------------------------------------------------------
