@@ -245,7 +245,9 @@ def _fit_heads(path, root, prepack: bool, monkeypatch, **module_args) -> tuple[L
     """Heads after a short fp32 CPU fit, with or without the oneDNN-prepacked frozen backbone."""
     from lpips_lightning import steps
 
-    if not prepack:
+    if prepack:  # whatever the timing on a busy machine says: the copy is compared, not timed
+        monkeypatch.setattr(steps, "runs_faster", lambda *a: True)
+    else:
         monkeypatch.setattr(steps, "prepacked_copy", lambda net, x: net)
     pl.seed_everything(0)
     model = LPIPSModule(variant="lin", pretrained=False, **module_args)
@@ -254,7 +256,7 @@ def _fit_heads(path, root, prepack: bool, monkeypatch, **module_args) -> tuple[L
     return model, [h.weight.detach().clone() for h in model.lpips.heads]
 
 
-@pytest.mark.parametrize("backbone", ["alex", "squeeze"])
+@pytest.mark.parametrize("backbone", ["alex", "squeeze", "torchvision:resnet18"])  # resnet: batch norms folded
 def test_prepacked_frozen_backbone_trains_the_same_heads(bapps_h5, tmp_path, monkeypatch, backbone):
     fast, fast_heads = _fit_heads(bapps_h5, tmp_path / "fast", True, monkeypatch, backbone=backbone)
     plain, plain_heads = _fit_heads(bapps_h5, tmp_path / "plain", False, monkeypatch, backbone=backbone)
@@ -268,13 +270,19 @@ def test_prepacked_frozen_backbone_trains_the_same_heads(bapps_h5, tmp_path, mon
 def test_prepacked_copy_keeps_the_network_where_it_would_compute_differently(monkeypatch):
     from torch.fx.experimental import optimization
 
+    from lpips_lightning import steps
     from lpips_lightning.lpips import LPIPS
     from lpips_lightning.steps import prepacked_copy
 
     net = LPIPS(pretrained=False, heads=None).net
     x = torch.rand(2, 3, 64, 64) * 2 - 1
-    assert prepacked_copy(net, x) is not net  # AlexNet traces and computes the same
+    timed = []
+    monkeypatch.setattr(steps, "runs_faster", lambda fast, plain, x: timed.append(fast) or True)
+    assert prepacked_copy(net, x) is not net and len(timed) == 1  # AlexNet traces and computes the same
     assert prepacked_copy(net, x.double()) is net  # float32 only
+    monkeypatch.setattr(steps, "runs_faster", lambda *a: False)
+    assert prepacked_copy(net, x) is net  # a copy that is not faster is not kept
+    monkeypatch.setattr(steps, "runs_faster", lambda *a: True)
 
     class Off(torch.nn.Module):  # a "fast" copy whose first tap is off by 0.1 %
         def __init__(self, module):
@@ -344,6 +352,7 @@ def test_validation_during_fit_runs_the_fast_frozen_copy_and_scores_the_same(bap
         return net, x
 
     monkeypatch.setattr(Steps, "frozen_backbone", counted)
+    monkeypatch.setattr("lpips_lightning.steps.runs_faster", lambda *a: True)
     model = LPIPSModule(variant="lin", pretrained=False)
     dm = JudgmentsDataModule(str(bapps_h5), batch_size=4)
     trainer = cpu_trainer(tmp_path, limit_train_batches=2)
@@ -356,3 +365,13 @@ def test_validation_during_fit_runs_the_fast_frozen_copy_and_scores_the_same(bap
     assert set(model.scores["val"]) == set(during_fit)
     for key, value in during_fit.items():
         assert model.scores["val"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_runs_faster_compares_times():
+    import time
+
+    from lpips_lightning.steps import runs_faster
+
+    quick, slow = (lambda x: x), (lambda x: time.sleep(0.01))
+    assert runs_faster(quick, slow, None) and not runs_faster(slow, quick, None)
+    assert not runs_faster(quick, quick, None, margin=0.0)
