@@ -194,6 +194,29 @@ def test_evaluate_matches_numpy_references(bapps_h5, checkpoints, tmp_path, caps
     assert len(lines) == 1 + 4 * (12 + 12)  # 4 models x (val, jnd) items: training groups are not scored
 
 
+@pytest.mark.parametrize("backbone", ["alex", "squeeze"])
+def test_evaluate_on_the_cpu_scores_through_the_prepacked_backbone_the_same(bapps_h5, monkeypatch, backbone):
+    from lpips_lightning import evaluate as ev
+    from lpips_lightning import steps
+    from lpips_lightning.lpips import LPIPS
+
+    torch.manual_seed(0)
+    model = LPIPS(backbone, pretrained=False, heads=None).eval()  # random heads: nothing in the weights
+    with torch.no_grad():
+        for head in model.heads or []:
+            head.weight.uniform_(0, 1)
+    made = []
+    monkeypatch.setattr(steps, "runs_faster", lambda fast, plain, x: made.append(fast) or True)
+    fast = ev.evaluate({"m": model}, bapps_h5, progress=False, device="cpu", batch_size=5)
+    assert len(made) == 1  # one copy, made at the first batch, scores both groups (2afc/val/cnn, jnd/val/cnn)
+    monkeypatch.setattr(ev, "scorer", lambda model, device: model)
+    plain = ev.evaluate({"m": model}, bapps_h5, progress=False, device="cpu", batch_size=5)
+    assert fast["scores"] == plain["scores"]
+    for group, items in plain["items"]["m"].items():
+        for key, values in items.items():
+            np.testing.assert_allclose(fast["items"]["m"][group][key], values, rtol=1e-5, err_msg=f"{group} {key}")
+
+
 def test_evaluate_unknown_model_is_one_line(bapps_h5, capsys):
     assert main(["evaluate", "nonsense.ckpt", "--data", str(bapps_h5)]) == 2
     assert "nonsense.ckpt: no such model file" in capsys.readouterr().err

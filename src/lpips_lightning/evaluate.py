@@ -13,7 +13,7 @@ import argparse
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,8 +87,11 @@ def resolve_model(spec: str) -> nn.Module:
     return load(spec)
 
 
-def distances(model: nn.Module, dataset: JudgmentsDataset, batch_size: int, device: torch.device, bar) -> dict:
-    """Per-item distances of one group: {"d0", "d1"} (2AFC) or {"d"} (JND), numpy float64."""
+def distances(model: Callable, dataset: JudgmentsDataset, batch_size: int, device: torch.device, bar) -> dict:
+    """Per-item distances of one group: {"d0", "d1"} (2AFC) or {"d"} (JND), numpy float64.
+
+    `model`: a model, or what `scorer` made of one.
+    """
     import numpy as np
     import torch
 
@@ -105,6 +108,32 @@ def distances(model: nn.Module, dataset: JudgmentsDataset, batch_size: int, devi
                 out.setdefault(name, []).append(d.double().cpu().numpy())
             bar.update(len(batch["p0"]))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def scorer(model: nn.Module, device: torch.device) -> Callable:
+    """`model` as `distances` calls it: an LPIPS model on the CPU runs its backbone's oneDNN-prepacked copy.
+
+    The copy (`steps.prepacked_copy`) is made at the first batch, then serves every group, and is
+    kept only where it gives the same taps and is faster; anything else (exports, ONNX, GPU
+    models, baselines) is `model` itself.
+    """
+    import torch
+
+    from .lpips import LPIPS
+
+    if not isinstance(model, LPIPS) or device.type != "cpu" or model.training:
+        return model
+    from .steps import prepacked_copy
+
+    fast: list[nn.Module] = []
+
+    def score(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        if not fast:
+            model.check_size(*x0.shape[-2:])
+            fast.append(prepacked_copy(model.net, model.prepare(torch.cat([x0, x1]))))
+        return model(x0, x1, net=fast[0])
+
+    return score
 
 
 def default_groups(f) -> list[str]:
@@ -198,8 +227,9 @@ def evaluate(
     with tqdm(total=total, unit="item", disable=not progress, desc="evaluate") as bar:
         for name, model in models.items():
             scores[name], items[name] = {}, {}
+            score = scorer(model, dev)
             for group, ds in sets.items():
-                d = distances(model, ds, batch_size, dev, bar)
+                d = distances(score, ds, batch_size, dev, bar)
                 target = ds.targets.double()
                 if "d0" in d:
                     value = two_afc(torch.from_numpy(d["d0"]), torch.from_numpy(d["d1"]), target).mean()

@@ -270,10 +270,17 @@ class LPIPS(nn.Module):
         assert total is not None
         return total
 
-    def forward(self, x0: torch.Tensor, x1: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Distance between `x0` and `x1`, (N, 3, H, W) each: (N,), or (N, 1, H, W) when spatial."""
+    def forward(
+        self, x0: torch.Tensor, x1: torch.Tensor, normalize: bool = False, net: nn.Module | None = None
+    ) -> torch.Tensor:
+        """Distance between `x0` and `x1`, (N, 3, H, W) each: (N,), or (N, 1, H, W) when spatial.
+
+        `net`: a stand-in for the backbone that computes the same taps (``evaluate`` passes the
+        oneDNN-prepacked copy of a CPU backbone, see `steps.prepacked_copy`).
+        """
         check_image_pair(x0.shape, x1.shape, self.min_size, self.backbone_name)
-        f = self.unchecked_features(torch.cat([x0, x1]), normalize)
+        x = self.prepare(torch.cat([x0, x1]), normalize)
+        f = self.net(x) if net is None else net(x)
         n = x0.shape[0]
         return self.distance([t[:n] for t in f], [t[n:] for t in f], tuple(x0.shape[-2:]))
 
