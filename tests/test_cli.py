@@ -136,6 +136,9 @@ def test_fast_dev_run_writes_nothing(bapps_h5, tmp_path, capsys, monkeypatch, ov
     out = capsys.readouterr().out
     assert "no files written" in out and "run folder:" not in out and "val/2afc/mean" in out
     assert not (tmp_path / "runs").exists()
+    # nested folders that the run made go too
+    assert main(_fit_args(tmp_path, bapps_h5, *overlay, "--runs_dir", str(tmp_path / "a/b/c"))) == 0
+    assert not (tmp_path / "a").exists()
     # a runs_dir that was there already stays, and so do its runs
     (tmp_path / "runs/old").mkdir(parents=True)
     assert main(_fit_args(tmp_path, bapps_h5, *overlay)) == 0

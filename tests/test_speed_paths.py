@@ -375,3 +375,28 @@ def test_runs_faster_compares_times():
     quick, slow = (lambda x: x), (lambda x: time.sleep(0.01))
     assert runs_faster(quick, slow, None) and not runs_faster(slow, quick, None)
     assert not runs_faster(quick, quick, None, margin=0.0)
+
+
+def test_compiled_cpu_step_after_a_sanity_check_takes_the_plain_backbone(bapps_h5, tmp_path, monkeypatch):
+    """The sanity check's validation runs first: a prepacked copy made there must not reach the compiler."""
+    monkeypatch.setattr("lpips_lightning.steps.runs_faster", lambda *a: True)
+    model = LPIPSModule(variant="lin", pretrained=False, compile=True)
+    trainer = cpu_trainer(tmp_path, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=1)
+    trainer.fit(model, JudgmentsDataModule(str(bapps_h5), batch_size=4))
+    assert not model.steps.prepacked and trainer.global_step == 2
+
+
+def test_a_failed_fit_does_not_leave_its_logging_switch_on_the_trainer(bapps_h5, tmp_path):
+    class Boom(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            raise RuntimeError("boom")
+
+    trainer = cpu_trainer(tmp_path, max_epochs=1, log_every_n_steps=30, callbacks=[Boom()])
+    dm = JudgmentsDataModule(str(bapps_h5), batch_size=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(LPIPSModule(variant="lin", pretrained=False, feature_cache=True), dm)
+    assert trainer.log_every_n_steps in (0, 1)  # the per-batch switch, left by the failed fit
+    trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, Boom)]
+    model = LPIPSModule(variant="lin", pretrained=False, feature_cache=True)
+    trainer.fit(model, dm)
+    assert model.steps.log_every is None and trainer.log_every_n_steps == 30  # the user's value, not the switch's

@@ -244,7 +244,8 @@ class RunFolder:
         """Create the folder (rank 0); a default name that another run took in the same second gets a suffix."""
         if not global_rank_zero() or self.resume or _inherited_run_dir() is not None:
             return self.path
-        self._made_runs_dir = not self.runs_dir.exists()
+        # the folders this makes, deepest first: `release` removes them again if they stay empty
+        self._made_dirs = [d for d in (self.runs_dir, *self.runs_dir.parents) if not d.exists()]
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         path, n = self.path, 1
         while True:
@@ -278,8 +279,10 @@ class RunFolder:
             for e in entries:
                 e.unlink()
             self.path.rmdir()
-            if getattr(self, "_made_runs_dir", False) and not any(self.runs_dir.iterdir()):
-                self.runs_dir.rmdir()
+            for folder in getattr(self, "_made_dirs", []):
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
 
 
 def print_error_once(message: str) -> None:
