@@ -115,6 +115,7 @@ def test_fit_leaves_a_complete_run_folder_and_w_and_b_offline(bapps_h5, tmp_path
     run = tmp_path / "runs/r1"
     assert "W&B runs offline" in out and "wandb sync" in out
     assert "best val/2afc/mean:" in out and f"run folder: {run}" in out and "val/2afc/cnn" in out
+    assert f"last checkpoint: {run / 'last.ckpt'}" in out  # shown as the run folder is (absolute here)
     assert (run / "config.yaml").is_file() and (run / "last.ckpt").is_file()
     assert list(run.glob("best-epoch*.ckpt"))
     assert (run / "val_subsets.png").stat().st_size > 1000

@@ -162,12 +162,23 @@ class FitSummary(Callback):
         if scores:
             lines.append(f"last validation (after epoch {trainer.current_epoch - 1}):")
             lines += [f"  {k:<28} {v:.4f}" for k, v in scores.items()]
+        relative = self.run_dir is not None and not self.run_dir.is_absolute()  # shown as the run folder is
         if best is not None and best.best_model_path:
-            lines.append(f"best checkpoint: {best.best_model_path}")
+            lines.append(f"best checkpoint: {_shown_path(best.best_model_path, relative)}")
         if last is not None and last.best_model_path:
-            lines.append(f"last checkpoint: {last.best_model_path}")
+            lines.append(f"last checkpoint: {_shown_path(last.best_model_path, relative)}")
         lines.append(f"run folder: {self.run_dir}" if self.run_dir else "fast_dev_run: a quick check, no files written")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and getattr(logger, "_offline", False):
                 lines.append(f"W&B (offline): wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}")
         print("\n".join(lines), flush=True)
+
+
+def _shown_path(path: str | os.PathLike, relative: bool) -> str:
+    """`path` relative to the working folder if `relative` and it lies inside it, else as it is."""
+    if not relative:
+        return str(path)
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
