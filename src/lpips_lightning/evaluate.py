@@ -129,7 +129,6 @@ def scorer(model: nn.Module, device: torch.device) -> Callable:
 
     def score(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         if not fast:
-            model.check_size(*x0.shape[-2:])
             fast.append(prepacked_copy(model.net, model.prepare(torch.cat([x0, x1]))))
         return model(x0, x1, net=fast[0])
 

@@ -10,7 +10,7 @@ from . import judgments
 from .datamodules.judgments_datamodule import epoch_seed
 from .errors import ConfigError, check_choice
 from .heads import make_head
-from .lpips import LPIPS, to_unit_range
+from .lpips import LPIPS
 from .metrics import JNDAveragePrecision, TwoAFCScore
 from .steps import CACHE_STEPS_PER_CALL, Steps
 from .weights import CHECKPOINT_BACKBONE_KEY
@@ -246,23 +246,27 @@ class LPIPSModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # --- the computation ------------------------------------------------------------------
-    def features(self, *images: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Tap features of each batch of `images`: one backbone pass over all of them (no autograd in lin).
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's taps of images `x` (uint8 or [-1, 1]); no autograd in lin.
 
+        The layout is converted first (on uint8 images the cheapest copy; the scaling keeps it).
         During fit a frozen backbone runs as the step's fast copy (`Steps.frozen_backbone`: bf16
-        under bf16-mixed, oneDNN-prepacked in float32 on the CPU), validation included.
+        under bf16-mixed, oneDNN-prepacked in float32 on the CPU), for validation as for training.
         """
-        n = images[0].shape[0]
-        x = to_unit_range(torch.cat(images))
-        self.lpips.check_size(*x.shape[-2:])
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = self.lpips.prepare(x)
+        layout = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
+        x = self.lpips.prepare(x.contiguous(memory_format=layout))
         net = self.lpips.net
         if self.steps is not None and self._trainer is not None and self.trainer.state.fn == "fit":
             net, x = self.steps.frozen_backbone(x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.variant != "lin"):
-            feats = net(x)
+            return net(x)
+
+    def features(self, *images: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Tap features of each batch of `images`: one backbone pass (`taps`) over all of them."""
+        n = images[0].shape[0]
+        x = torch.cat(images)
+        self.lpips.check_size(*x.shape[-2:])
+        feats = self.taps(x)
         return [[f[k * n : (k + 1) * n] for f in feats] for k in range(len(images))]
 
     def triplet_distances(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

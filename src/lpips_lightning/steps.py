@@ -228,7 +228,6 @@ class Steps:
         self.frozen_dtype: torch.dtype | None = None
         self.prepacked = False  # whether the frozen backbone ran as its oneDNN-prepacked copy (CPU)
         self.log_every: int | None = None  # the Trainer's log_every_n_steps while batches take several steps
-        self.prepack = True  # a frozen float32 CPU backbone may run as its oneDNN-prepacked copy (not when compiled)
 
     # --- set-up -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -261,7 +260,6 @@ class Steps:
                 mode = mode.replace("reduce-overhead", "default").replace("max-autotune", "max-autotune-no-cudagraphs")
                 mode = None if mode == "default" else mode
             self.loss_fn = torch.compile(self.loss, mode=mode)
-            self.prepack = False  # the compiler takes the plain backbone (it cannot trace oneDNN's prepacked one)
 
     def begin_training(self) -> None:
         """At train start, after a resumed run's step count is restored: count steps from there."""
@@ -309,8 +307,10 @@ class Steps:
         if self._frozen is None or self._frozen[0] != dtype:
             if autocast:
                 copied = copy.deepcopy(net).to(dtype).requires_grad_(False).train(net.training)
-            else:
-                copied = prepacked_copy(net, x) if self.prepack else net
+            elif self.loss_fn == self.loss:
+                copied = prepacked_copy(net, x)
+            else:  # a compiled step takes the plain backbone (the compiler cannot trace oneDNN's prepacked one)
+                copied = net
             self._frozen = (dtype, copied)
             self.frozen_dtype = dtype
             self.prepacked = copied is not net and not autocast
@@ -319,13 +319,8 @@ class Steps:
     # --- the computation ----------------------------------------------------------------------
     def vectors(self, ref: torch.Tensor, p0: torch.Tensor, p1: torch.Tensor, dropout: bool) -> torch.Tensor:
         """(2, N, channels): per pair (ref-p0, ref-p1), every tap's channel means of the squared difference."""
-        m, n = self.module, ref.shape[0]
-        layout = torch.channels_last if m.hparams.channels_last else torch.contiguous_format
-        # the layout converted first (on uint8 images the cheapest copy); the scaling keeps it
-        net, x = self.frozen_backbone(self.lpips.prepare(torch.cat([ref, p0, p1]).contiguous(memory_format=layout)))
-        with torch.set_grad_enabled(torch.is_grad_enabled() and m.variant != "lin"):
-            feats = net(x)
-        return torch.cat([pair_means(f, n, dropout) for f in feats], dim=2)
+        feats = self.module.taps(torch.cat([ref, p0, p1]))
+        return torch.cat([pair_means(f, ref.shape[0], dropout) for f in feats], dim=2)
 
     def head_vector(self) -> torch.Tensor:
         """All head weights as one vector, in `vectors` order."""

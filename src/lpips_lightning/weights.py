@@ -270,7 +270,11 @@ CHECKPOINT_BACKBONE_KEY = "lpips_backbone"  # the resolved backbone spec, beside
 
 
 def _logged_step(ckpt: dict) -> int | None:
-    """The step at which loggers last wrote (Lightning's count of training batches), or None."""
+    """The step at which loggers last wrote (Lightning's count of training batches), or None.
+
+    Equal to the optimizer step count since batches of several steps keep it so (`Steps.logs`);
+    feature-cache checkpoints written before that counted batches of 64 steps as one.
+    """
     try:
         return int(ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
     except (KeyError, TypeError, ValueError):
@@ -302,7 +306,7 @@ def read_checkpoint(path: str | os.PathLike, error: type[Exception] = WeightsErr
         "scores": scores,
         "epoch": ckpt.get("epoch"),
         "global_step": ckpt.get("global_step"),
-        # the loggers' step (Lightning's training batches): several optimizer steps each on the fast paths
+        # the loggers' step (see `_logged_step`): where a resumed run's metrics.csv is cut
         "logged_step": _logged_step(ckpt),
         "backbone": backbone if isinstance(backbone, dict) else None,
     }
