@@ -745,3 +745,54 @@ def test_the_parent_watch_alone_ends_a_worker(monkeypatch):
     monkeypatch.setattr(pack_module.time, "sleep", lambda s: None)
     pack_module._watch_parent(os.getpid())
     assert exits == [1]
+
+
+# --- the output's name: taken only while free, and only this process's temporary files go ---------
+def test_an_output_created_meanwhile_by_another_process_is_not_replaced(tmp_path, monkeypatch, capfd):
+    """Two packs of one output: the "exists" check at the start passes for both; the second to
+    finish must be refused (without --overwrite), not silently replace the first one's file."""
+    path = _csv(tmp_path, "ref,p0,p1,judge\nim0.png,im1.png,im2.png,0.5\n")
+    out = tmp_path / "o.h5"
+    write = judgments.Writer.fill
+
+    def fill_then_other_process_finishes(g, start, arrays):
+        write(g, start, arrays)
+        out.write_bytes(b"the other pack's file")
+
+    monkeypatch.setattr(judgments.Writer, "fill", staticmethod(fill_then_other_process_finishes))
+    capfd.readouterr()
+    assert main(["pack", str(path), str(out), "--quiet", "--workers", "1"]) == 2
+    err = capfd.readouterr().err
+    assert err.strip() == f"error: {out} was created by another process while this one wrote it; " \
+        "pass --overwrite to replace it", err
+    assert out.read_bytes() == b"the other pack's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["im0.png", "im1.png", "im2.png", "mine.csv", "o.h5"]
+
+
+def test_clean_up_removes_only_this_process_temp_even_with_glob_characters(tmp_path, monkeypatch):
+    """``.o[1].h5.tmp-PID`` is removed on failure (its name is not a pattern), while another live
+    process's ``.o[1].h5.tmp-PID7`` (same prefix) is kept."""
+    from lpips_lightning import outputs
+
+    out = tmp_path / "o[1].h5"
+    other = outputs.temp_name(out, int(f"{os.getpid()}7"))
+    with pytest.raises(RuntimeError):
+        with outputs.atomic_output(out) as tmp:
+            other.write_bytes(b"another writer's half file")
+            tmp.write_bytes(b"half")
+            (tmp.parent / (tmp.name + ".data")).write_bytes(b"an ONNX side file")
+            raise RuntimeError("failed half-way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name]
+
+
+def test_outputs_get_the_usual_mode_for_new_files(tmp_path):
+    from lpips_lightning import outputs
+
+    mask = os.umask(0o027)
+    try:
+        with outputs.atomic_output(tmp_path / "o.bin") as tmp:
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)  # a writer that creates its file private
+            os.close(fd)
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "o.bin").stat().st_mode & 0o777 == 0o640

@@ -111,12 +111,63 @@ def atomic_output(
     try:
         try:
             yield tmp
-            os.replace(tmp, path)
+            _publish(tmp, path, overwrite)
+        except FileExistsError:
+            raise OutputError(
+                f"{path} was created by another process while this one wrote it; pass --overwrite to replace it"
+            ) from None
         except OSError as err:
             raise OutputError(f"{path}: cannot write the {what} ({err.strerror or type(err).__name__})") from None
     finally:
-        for leftover in path.parent.glob(f"{tmp.name}*"):
+        for leftover in _own_temps(tmp):
             try:
                 leftover.unlink()
             except OSError:
                 pass
+
+
+def _own_temps(tmp: Path) -> list[Path]:
+    """`tmp` and the files a writer puts beside it under its name (``tmp.data``): no other process's temps."""
+    try:
+        names = os.listdir(tmp.parent)
+    except OSError:
+        return []
+    return [tmp.parent / n for n in names if n == tmp.name or n.startswith(tmp.name + ".")]
+
+
+def _creation_mode() -> int:
+    """The mode a new file gets from this process's umask (0644 under the usual 022)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Give the finished `tmp` its real name.
+
+    Without `overwrite` the name is taken only if it is still free (a hard link fails on an
+    existing name, unlike a rename): a second process that wrote the same output meanwhile is
+    refused rather than silently replaced. The file gets the usual mode for a new file (some
+    writers create theirs private).
+    """
+    os.chmod(tmp, _creation_mode())
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
