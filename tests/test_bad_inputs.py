@@ -433,3 +433,89 @@ def test_version_0_0_is_not_exported_to_the_lpips_pth(trained, tmp_path, capfd):
     )
     err = assert_refused(["export", str(runs / "v0/last.ckpt"), str(tmp_path / "v0.pth")], capfd, tmp_path)
     assert "version 0.0" in err and ".safetensors" in err
+
+
+# --- HDF5 files whose data cannot be trusted to read back ------------------------------------------
+def _copy_group(src: Path, dst: Path, tweak) -> Path:
+    """A copy of judgments file `src` with 2afc/val/t's p1 rewritten by `tweak(group, array)`."""
+    import h5py
+
+    dst.write_bytes(src.read_bytes())
+    with h5py.File(dst, "r+") as f:
+        g = f["2afc/val/t"]
+        p1 = g["p1"][()]
+        del g["p1"]
+        tweak(g, p1)
+    return dst
+
+
+@pytest.fixture
+def small_judgments(tmp_path) -> Path:
+    return _write_judgments(tmp_path / "ok.h5", {"2afc/val/t": _group("2afc", n=8, size=32)})
+
+
+def test_a_damaged_compressed_chunk_is_one_line(small_judgments, tmp_path, capfd):
+    def gzip(g, p1):
+        g.create_dataset("p1", data=p1, compression="gzip", chunks=p1.shape)
+
+    bad = _copy_group(small_judgments, tmp_path / "gz.h5", gzip)
+    with __import__("h5py").File(bad, "r") as f:
+        offset = f["2afc/val/t/p1"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(bad.read_bytes())
+    raw[offset + 10 : offset + 30] = bytes(20)
+    bad.write_bytes(bytes(raw))
+    out = tmp_path / "res"
+    err = assert_refused(["evaluate", "l2", "--data", str(bad), "--quiet", "--out", str(out)], capfd, tmp_path)
+    assert f"{bad}: group 2afc/val/t: p1 cannot be read" in err and "damaged" in err
+    assert not out.exists()  # the --out folder made for the results goes again
+
+
+@pytest.mark.parametrize("storage", ["virtual", "external"])
+def test_datasets_kept_in_other_files_are_refused(small_judgments, tmp_path, capfd, storage):
+    """HDF5 fills a virtual dataset's missing source with zeros: it would be scored as black images."""
+    import h5py
+
+    def elsewhere(g, p1):
+        if storage == "external":
+            raw = tmp_path / "p1.raw"
+            raw.write_bytes(p1.tobytes())
+            g.create_dataset("p1", shape=p1.shape, dtype=p1.dtype, external=[(str(raw), 0, h5py.h5f.UNLIMITED)])
+        else:
+            side = tmp_path / "side.h5"
+            with h5py.File(side, "w") as s:
+                s["p1"] = p1
+            layout = h5py.VirtualLayout(shape=p1.shape, dtype=p1.dtype)
+            layout[...] = h5py.VirtualSource(str(side), "p1", shape=p1.shape)
+            g.create_virtual_dataset("p1", layout)
+
+    bad = _copy_group(small_judgments, tmp_path / "v.h5", elsewhere)
+    err = assert_refused(["evaluate", "l2", "--data", str(bad), "--quiet"], capfd, tmp_path)
+    assert f"{bad}: group 2afc/val/t: p1 keeps its data in other files" in err and storage in err
+
+
+def test_evaluate_leaves_no_out_folder_when_it_refuses(small_judgments, tmp_path, capfd):
+    out = tmp_path / "a" / "b" / "res"
+    assert_refused(["evaluate", "l3", "--data", str(small_judgments), "--out", str(out)], capfd, tmp_path)
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_damaged_chunk_read_by_a_loader_worker_is_one_line(small_judgments, tmp_path, capfd):
+    """Training reads lazily in worker processes: torch re-raises the worker's error with its whole
+    traceback as the message; the CLI still prints the one line."""
+
+    def gzip(g, p1):
+        g.create_dataset("p1", data=p1, compression="gzip", chunks=(1, *p1.shape[1:]))
+
+    bad = _copy_group(small_judgments, tmp_path / "gz.h5", gzip)
+    import h5py
+
+    with h5py.File(bad, "r+") as f:  # a training group beside the damaged one, same images
+        f.copy(f["2afc/val/t"], "2afc/train/t")
+        info = f["2afc/train/t/p1"].id.get_chunk_info(3)
+    raw = bytearray(bad.read_bytes())
+    raw[info.byte_offset : info.byte_offset + info.size] = bytes(info.size)
+    bad.write_bytes(bytes(raw))
+    args = _args(tmp_path / "runs", bad, "--data.in_memory", "false", "--data.num_workers", "1",
+                 "--data.val", "[2afc/val/*]", "--trainer.max_epochs", "1")
+    err = assert_refused(["fit", *args], capfd)  # the run had started: its folder stays, as after a crash
+    assert err.startswith(f"error: {bad}: group 2afc/train/t: p1 cannot be read"), err

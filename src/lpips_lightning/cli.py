@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import ConfigError, LPIPSLightningError
+from .errors import ConfigError, LPIPSLightningError, message_of
 
 HELP = """usage: lpips-lightning COMMAND [options]
 
@@ -90,7 +90,12 @@ def make_loggers(run_dir: Path, run_name: str, project: str, resume_step: int | 
         rank_zero_print(f"W&B runs offline (not logged in, or no network); sync later with: {hint}")
     resume = {"id": _wandb_run_id(run_dir), "resume": "allow"} if resume_step is not None else {}
     resume = resume if resume.get("id") else {}
-    loggers.append(WandbLogger(name=run_name, project=project, save_dir=str(run_dir), offline=offline, **resume))
+    logger = WandbLogger(name=run_name, project=project, save_dir=str(run_dir), offline=offline, **resume)
+    # Lightning passes anonymous=None, which wandb >= 0.19 answers with a deprecation warning on every run
+    init = getattr(logger, "_wandb_init", {})
+    if init.get("anonymous", "unset") is None:
+        del init["anonymous"]
+    loggers.append(logger)
     return loggers
 
 
@@ -369,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LPIPSLightningError as err:
         from .runs import print_error_once
 
-        print_error_once(str(err))
+        print_error_once(message_of(err))
         return 2
     except KeyboardInterrupt as err:
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)

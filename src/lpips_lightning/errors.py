@@ -27,6 +27,21 @@ class TrainingError(LPIPSLightningError):
     """A run that cannot go on, e.g. a loss that became NaN."""
 
 
+def message_of(err: LPIPSLightningError) -> str:
+    """The one line to print for `err`.
+
+    An error raised in a DataLoader worker process comes back re-raised by torch with the
+    worker's whole traceback as its message ("Caught JudgmentsError in DataLoader worker
+    process 0. Original Traceback ..."): its last line holds the original message.
+    """
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(err).__module__}.{type(err).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last.split(": ", 1)[-1]
+    return text
+
+
 def check_choice(name: str, value: object, valid: list[str] | tuple[str, ...]) -> None:
     """Raise `ConfigError` listing the valid choices when `value` is not one of them."""
     if value not in valid:

@@ -275,6 +275,13 @@ def validate_group(f: h5py.File, group: str) -> int:
     n = t.shape[0]
     if n == 0:
         raise JudgmentsError(f"{where}: no items (the {target} column is empty)")
+    for key in (*image_keys(kind), target, *(k for k in ("votes", "names") if isinstance(g.get(k), h5py.Dataset))):
+        d = g[key]
+        if d.is_virtual or d.external:
+            raise JudgmentsError(
+                f"{where}: {key} keeps its data in other files (an HDF5 {'virtual' if d.is_virtual else 'external'} "
+                "dataset), which may be missing; copy it into the file (h5repack) or pack again"
+            )
     shapes = set()
     for key in image_keys(kind):
         d = g[key]
@@ -290,7 +297,7 @@ def validate_group(f: h5py.File, group: str) -> int:
             if not isinstance(d, h5py.Dataset) or d.shape != (n,):
                 found = f"{d.dtype} {d.shape}" if isinstance(d, h5py.Dataset) else _what(d)
                 raise JudgmentsError(f"{where}: optional {key} must hold one entry per item (N={n}), found {found}")
-    values = t[()]
+    values = read(f, group, target)
     bad = ~(np.isfinite(values) & (values >= 0) & (values <= 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -322,8 +329,22 @@ def resolve(f: h5py.File, patterns: list[str] | tuple[str, ...] | None) -> list[
     return chosen
 
 
+def read(f: h5py.File, group: str, key: str, index=()) -> np.ndarray:
+    """``f[group][key][index]``; a read that fails (a damaged chunk) is one `JudgmentsError` naming the file."""
+    try:
+        return f[group][key][index]
+    except OSError as err:
+        raise damaged(f.filename, group, key, err) from None
+
+
+def damaged(path: str, group: str, key: str, err: BaseException) -> JudgmentsError:
+    """The error for data that HDF5 cannot read back (a damaged or truncated chunk)."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    reason = reason.replace("Can't synchronously read data ", "").strip("() ") or reason
+    return JudgmentsError(f"{path}: group {group}: {key} cannot be read ({reason}): the file is damaged; pack it again")
+
+
 def read_group(f: h5py.File, group: str) -> dict[str, np.ndarray]:
     """Read a whole group into memory: images (uint8) and the judgment column."""
-    g = f[group]
     kind = kind_of(group)
-    return {key: g[key][()] for key in (*image_keys(kind), TARGET[kind])}
+    return {key: read(f, group, key) for key in (*image_keys(kind), TARGET[kind])}

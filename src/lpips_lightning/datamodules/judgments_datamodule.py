@@ -51,14 +51,17 @@ class JudgmentsDataset(Dataset):
             if len(shapes) != 1:
                 raise JudgmentsError(f"{self.path}: groups {', '.join(self.groups)} hold images of different sizes")
             self.image_shape = shapes.pop()
-            self.targets = torch.from_numpy(np.concatenate([f[g][self.target_key][()] for g in self.groups]))
+            self.targets = torch.from_numpy(
+                np.concatenate([judgments.read(f, g, self.target_key) for g in self.groups])
+            )
             ids = group_ids if group_ids is not None else range(len(self.groups))
             self.group_of = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in zip(ids, lengths)])
             self.offsets = np.cumsum([0, *lengths])
             self.images: dict[str, torch.Tensor] | None = None
             if in_memory:
                 self.images = {
-                    k: torch.from_numpy(np.concatenate([f[g][k][()] for g in self.groups])) for k in self.keys
+                    k: torch.from_numpy(np.concatenate([judgments.read(f, g, k) for g in self.groups]))
+                    for k in self.keys
                 }
         self._file: h5py.File | None = None
         # only indices, judgments and groups: the images are gathered elsewhere (on the device)
@@ -87,7 +90,10 @@ class JudgmentsDataset(Dataset):
         for j, (i, gi) in enumerate(zip(indices, which)):
             local = int(i - self.offsets[gi])
             for k, d in zip(self.keys, datasets[gi]):
-                out[k][j] = _read_sample(d, local)
+                try:
+                    out[k][j] = _read_sample(d, local)
+                except OSError as err:
+                    raise judgments.damaged(self.path, self.groups[gi], k, err) from None
         return {k: torch.from_numpy(v) for k, v in out.items()}
 
     def read_images(self, indices: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
