@@ -303,6 +303,8 @@ def test_export_bad_targets_one_line(exported, tmp_path, capfd, monkeypatch):
         ([str(tmp_path / "sub")], "sub is a folder"),
         ([str(tmp_path / "sub"), "--format", "onnx"], "sub is a folder"),
         ([str(tmp_path / "m.bin")], "cannot tell the format from the extension"),
+        ([str(tmp_path / "m.pth"), "--format", "onnx"], "--format onnx contradicts the extension .pth (lpips format)"),
+        ([str(tmp_path / "m.onnx"), "--format", "lpips"], "contradicts the extension .onnx (onnx format); name the file m.pth"),
         ([str(tmp_path / "missing" / "m.pth")], "folder " + str(tmp_path / "missing") + " does not exist"),
     ]
     for target, message in cases:
@@ -313,6 +315,20 @@ def test_export_bad_targets_one_line(exported, tmp_path, capfd, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
     line = assert_refused(["export", ckpt, str(locked / "m.pth")], capfd, tmp_path)
     assert "locked is not writable" in line
+
+
+def test_load_tells_an_onnx_file_by_its_content(exported, reference, tmp_path):
+    """An ONNX export under another name (``export m.model --format onnx``) loads as ONNX, and a
+    loader of weights names it instead of failing on unreadable pickle data."""
+    from lpips_lightning.weights import WeightsError, load_torch_file
+
+    renamed = tmp_path / "m.model"
+    renamed.write_bytes(Path(exported[".onnx"]).read_bytes())
+    u0, u1 = _uint8_pair()
+    with torch.no_grad():
+        torch.testing.assert_close(load(renamed)(u0, u1), reference(u0, u1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(WeightsError, match="an ONNX model, not a weights file"):
+        load_torch_file(renamed, "weights")
 
 
 def test_export_leaves_no_temporary_file(exported, tmp_path, capsys):

@@ -162,9 +162,9 @@ def load(path: str | os.PathLike, backbone: str | None = None, version: str = "0
 
     path = Path(path)
     check_readable(path, "model", ExportError)
-    if path.suffix.lower() == ".onnx":
-        return _parts().OnnxMetric(path).eval()
     kind = sniff(path)
+    if path.suffix.lower() == ".onnx" or kind == "onnx":
+        return _parts().OnnxMetric(path).eval()
     if kind == "safetensors" or path.suffix.lower() == ".safetensors":
         return _load_safetensors(path)
     if kind == "torchscript":
@@ -478,7 +478,14 @@ def export(
     """
     out = Path(out)
     check_output(out, overwrite, inputs=[ckpt], what="export")
-    fmt = fmt or FORMATS.get(out.suffix.lower())
+    told = FORMATS.get(out.suffix.lower())
+    if fmt and told and fmt != told:
+        wanted = [ext for ext, f in FORMATS.items() if f == fmt]
+        raise ConfigError(
+            f"{out}: --format {fmt} contradicts the extension {out.suffix} ({told} format)"
+            + (f"; name the file {out.stem}{wanted[0]}" if wanted else "")
+        )
+    fmt = fmt or told
     if fmt is None:
         raise ConfigError(
             f"{out}: cannot tell the format from the extension; pass --format "

@@ -54,7 +54,8 @@ def sniff(path: str | os.PathLike) -> str:
     """What a file holds, from its first bytes and zip directory.
 
     ``torchscript``, ``torch zip`` (`torch.save`), ``zip`` (another zip archive), ``damaged zip``
-    (truncated: no directory), ``safetensors`` or ``other`` (e.g. a legacy torch pickle).
+    (truncated: no directory), ``safetensors``, ``onnx`` (an ONNX model's first protobuf field) or
+    ``other`` (e.g. a legacy torch pickle).
     """
     path = Path(path)
     with open(path, "rb") as f:
@@ -72,6 +73,8 @@ def sniff(path: str | os.PathLike) -> str:
         if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
             return "torch zip"
         return "zip"
+    if len(head) >= 2 and head[0] == 0x08 and 0 < head[1] < 0x80:  # protobuf field 1 (ir_version), small
+        return "onnx"
     if len(head) >= 9:
         (length,) = struct.unpack("<Q", head[:8])
         if head[8:9] == b"{" and 0 < length <= path.stat().st_size - 8:
@@ -93,6 +96,8 @@ def load_torch_file(path: str | os.PathLike, what: str, error: type[Exception] =
         raise error(f"{path}: a TorchScript export, not a {what} file (load it with lpips_lightning.load)")
     if kind == "safetensors":
         raise error(f"{path}: a safetensors file, not a {what} file (load it with lpips_lightning.load)")
+    if kind == "onnx":
+        raise error(f"{path}: an ONNX model, not a {what} file (load it with lpips_lightning.load)")
     if kind == "damaged zip":
         raise error(f"{path}: truncated or damaged (its zip archive has no directory), not a readable {what} file")
     if kind == "zip":
