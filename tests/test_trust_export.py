@@ -357,6 +357,23 @@ def test_distance_bad_input_one_line(pngs, tmp_path, capfd, imagenet_cache):
         assert message in line, (argv, line)
 
 
+@pytest.mark.parametrize("suffix", [".ckpt", ".pth", ".onnx"])
+def test_distance_refuses_options_that_contradict_the_model(exported, pngs, tmp_path, capfd, suffix):
+    a, b, model = *map(str, pngs), str(exported[suffix])
+    cases = [
+        (["--backbone", "vgg"], f"--backbone vgg contradicts --model {model}, a metric over backbone alex"),
+        (["--version", "0.0"], f"--version 0.0 contradicts --model {model}, a version 0.1 metric"),
+        (["--heads", "none"], f"--heads cannot be combined with --model {model}"),
+        (["--backbone-weights", "w.pth"], "--backbone-weights cannot be combined with --model"),
+    ]
+    if suffix == ".pth":  # the lpips format records neither: --backbone names the network (checked by its keys)
+        cases = cases[2:]
+    for extra, message in cases:
+        line = assert_refused(["distance", a, b, "--model", model, *extra], capfd, tmp_path)
+        assert message in line, (extra, line)
+    assert main(["distance", a, b, "--model", model, "--backbone", "alex", "--version", "0.1"]) == 0
+
+
 def test_distance_works_without_warnings(pngs, capfd, imagenet_cache):
     assert main(["distance", *map(str, pngs), "--resize", "32"]) == 0
     out, err = capfd.readouterr()

@@ -39,9 +39,9 @@ def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="lpips-lightning distance", description="LPIPS distance between two images.")
     p.add_argument("img0")
     p.add_argument("img1")
-    p.add_argument("--backbone", default="alex", help="alex, vgg or squeeze (default alex)")
-    p.add_argument("--version", default="0.1", help="0.1 (default) or 0.0 (needs --heads FILE or none)")
-    p.add_argument("--heads", default="official", help="official, none, or an lpips-format .pth")
+    p.add_argument("--backbone", default=None, help="alex, vgg or squeeze (default alex)")
+    p.add_argument("--version", default=None, help="0.1 (default) or 0.0 (needs --heads FILE or none)")
+    p.add_argument("--heads", default=None, help="official (default), none, or an lpips-format .pth")
     p.add_argument("--model", default=None, help="a checkpoint or export to use instead (see `export`)")
     p.add_argument("--backbone-weights", default=None, help="torchvision state dict file of the backbone")
     p.add_argument("--resize", type=_pixels, default=None, help="resize both images to N x N first")
@@ -50,6 +50,14 @@ def main(argv: Sequence[str]) -> int:
     from .errors import check_choice
     from .lpips import VERSIONS
 
+    if args.model:  # the model file says what it is: an option that would describe another model is refused
+        given = [f"--{k}" for k in ("heads", "backbone_weights") if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given).replace('_', '-')} cannot be combined with --model {args.model} "
+                              "(the model file holds its own weights)")
+    args.backbone = args.backbone or ("alex" if not args.model else None)
+    version_given, args.version = args.version, args.version or "0.1"
+    args.heads = args.heads or "official"
     heads = None if args.heads.lower() == "none" else args.heads
     if not args.model:  # options first: no image is read for a command that cannot run
         from .backbones import BACKBONES
@@ -82,7 +90,18 @@ def main(argv: Sequence[str]) -> int:
     if args.model:
         from .export import load
 
-        model = load(args.model)
+        model = load(args.model, backbone=args.backbone, version=args.version)
+        if args.backbone is not None and args.backbone != model.backbone_name:
+            raise ConfigError(
+                f"--backbone {args.backbone} contradicts --model {args.model}, a metric over backbone "
+                f"{model.backbone_name}; leave --backbone out"
+            )
+        version = getattr(model, "version", None)
+        if version_given is not None and version is not None and str(version) != version_given:
+            raise ConfigError(
+                f"--version {version_given} contradicts --model {args.model}, a version {version} metric; "
+                "leave --version out"
+            )
         _check_size(height, width, model.min_size, model.backbone_name, where)
     else:
         from .backbones import BACKBONES
