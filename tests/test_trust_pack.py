@@ -185,6 +185,11 @@ def _make_broken_image(folder: Path) -> str:
     return "ref,p0,p1,judge\nim0.png,im1.png,im2.png,0.5\n"
 
 
+def _make_empty_image(folder: Path) -> str:
+    (folder / "im0.png").write_bytes(b"")
+    return "ref,p0,p1,judge\nim0.png,im1.png,im2.png,0.5\n"
+
+
 def _make_folder_image(folder: Path) -> str:
     (folder / "sub.png").mkdir()
     return "ref,p0,p1,judge\nsub.png,im1.png,im2.png,0.5\n"
@@ -211,6 +216,11 @@ BAD_CSVS = {
     "missing image": ("ref,p0,p1,judge\nim0.png,gone.png,im2.png,0.5\n", "line 2: image gone.png does not exist"),
     "judge NaN": ("ref,p0,p1,judge\nim0.png,im1.png,im2.png,nan\n", "judgment nan is not a finite number"),
     "judge empty": ("ref,p0,p1,judge\nim0.png,im1.png,im2.png,\n", "line 2: bad value in judge"),
+    "judge with a digit separator": ("ref,p0,p1,judge\nim0.png,im1.png,im2.png,0_1\n", "line 2: bad value in judge: 0_1"),
+    "votes with a digit separator": (
+        "ref,p0,p1,votes_p0,votes_p1\nim0.png,im1.png,im2.png,1_0,3\n",
+        "line 2: bad value in votes_p0,votes_p1: 1_0, 3",
+    ),
     "votes beyond uint16": ("ref,p0,p1,judge,votes\nim0.png,im1.png,im2.png,0.5,70000\n", "70000 votes; the file"),
     "vote counts beyond uint16": ("ref,p0,p1,votes_p0,votes_p1\nim0.png,im1.png,im2.png,40000,40000\n", "80000 votes"),
     "image is a folder": (_make_folder_image, "line 2: ref sub.png is a folder, not an image file"),
@@ -221,6 +231,7 @@ BAD_CSVS = {
         "i.tif: signed or 32-bit integer pixels (values 100000..100000) have no fixed white level",
     ),
     "broken image": (_make_broken_image, "im0.png: image does not decode"),
+    "empty image": (_make_empty_image, "im0.png: empty file (0 bytes), not an image"),
     "judge contradicts the vote counts": (
         "ref,p0,p1,judge,votes_p0,votes_p1\nim0.png,im1.png,im2.png,0.25,3,1\nim0.png,im1.png,im2.png,0.9,3,1\n",
         "mine.csv line 3: judge 0.9 contradicts votes_p0,votes_p1 3,1 (= 0.25); give one or the other",
@@ -464,6 +475,13 @@ BAD_FILES = {
     ),
     "no kinds at all": (lambda f: f.__delitem__("2afc"), "no group"),
     "format version text": (lambda f: f.attrs.__setitem__("format_version", "abc"), "judgments format version 'abc'"),
+    "format version 1.7": (lambda f: f.attrs.__setitem__("format_version", 1.7), "judgments format version 1.7"),
+    "votes float": (lambda f: f["2afc/val/x"].create_dataset("votes", data=np.ones(4)), "votes must be non-negative"),
+    "votes negative": (
+        lambda f: f["2afc/val/x"].create_dataset("votes", data=np.array([1, -2, 3, 4], np.int32)),
+        "optional votes must be non-negative integers, found int32 with negative counts",
+    ),
+    "names numbers": (lambda f: f["2afc/val/x"].create_dataset("names", data=np.arange(4)), "names must be strings"),
 }
 
 

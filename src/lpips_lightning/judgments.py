@@ -168,8 +168,8 @@ def open_file(path: str | os.PathLike) -> h5py.File:
         raise JudgmentsError(f"{path}: not a readable judgments file: {reason}") from None
     fmt, raw = _text(_attr(f, "format")), _attr(f, "format_version")
     try:
-        version = int(raw) if raw is not None and np.ndim(raw) == 0 else None
-    except (TypeError, ValueError):  # not a number
+        version = int(raw) if raw is not None and np.ndim(raw) == 0 and float(raw) == int(raw) else None
+    except (TypeError, ValueError, OverflowError):  # not a whole number
         version = None
     if fmt != FORMAT:
         f.close()
@@ -177,10 +177,17 @@ def open_file(path: str | os.PathLike) -> h5py.File:
     if version != FORMAT_VERSION:
         f.close()
         raise JudgmentsError(
-            f"{path}: judgments format version {version if version is not None else repr(raw)}, "
+            f"{path}: judgments format version {version if version is not None else _shown(raw)}, "
             f"this lpips-lightning reads version {FORMAT_VERSION}"
         )
     return f
+
+
+def _shown(value) -> str:
+    """An attribute's value as a message shows it: a number plainly, text quoted."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
+    return repr(value) if isinstance(value, (str, bytes)) else str(value)
 
 
 def _attr(obj, name: str):
@@ -297,6 +304,11 @@ def validate_group(f: h5py.File, group: str) -> int:
             if not isinstance(d, h5py.Dataset) or d.shape != (n,):
                 found = f"{d.dtype} {d.shape}" if isinstance(d, h5py.Dataset) else _what(d)
                 raise JudgmentsError(f"{where}: optional {key} must hold one entry per item (N={n}), found {found}")
+            if key == "votes" and (d.dtype.kind not in "iu" or (d.dtype.kind == "i" and (read(f, group, key) < 0).any())):
+                raise JudgmentsError(f"{where}: optional votes must be non-negative integers, found {d.dtype}"
+                                     + (" with negative counts" if d.dtype.kind == "i" else ""))
+            if key == "names" and d.dtype.kind not in "SUO":
+                raise JudgmentsError(f"{where}: optional names must be strings, found {d.dtype}")
     values = read(f, group, target)
     bad = ~(np.isfinite(values) & (values >= 0) & (values <= 1))
     if bad.any():

@@ -52,6 +52,7 @@ import sys
 import tarfile
 import threading
 import time
+import warnings
 import zlib
 from array import array
 from collections import deque
@@ -181,19 +182,32 @@ def load_image(path: str | os.PathLike | bytes, size: int | None = None, name: s
     """
     source, path = path, name or path
     try:
-        with _open_image(source) as im:
-            rgb = _rgb8(im, source, path)
+        with warnings.catch_warnings():  # PIL warns (twice, over several lines) above 89M pixels: they decode
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open_image(source) as im:
+                rgb = _rgb8(im, source, path)
         if size and rgb.shape[:2] != (size, size):
             rgb = np.array(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
         return rgb
     except LPIPSLightningError:
         raise
+    except Image.DecompressionBombError as err:
+        raise PackError(f"{path}: image too large to decode safely ({str(err).split(',')[0]})") from None
     except FileNotFoundError:
         raise PackError(f"{path}: no such image file") from None
     except IsADirectoryError:
         raise PackError(f"{path}: is a folder, not an image file") from None
     except Exception as err:  # PIL raises many kinds for broken files
-        raise PackError(f"{path}: image does not decode ({type(err).__name__})") from None
+        empty = source == b"" if isinstance(source, bytes) else _is_empty(source)
+        raise PackError(f"{path}: " + ("empty file (0 bytes), not an image" if empty else
+                                       f"image does not decode ({type(err).__name__})")) from None
+
+
+def _is_empty(path: str | os.PathLike) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
 
 
 def load_fraction(path: str | os.PathLike | bytes, name: str | None = None) -> float:
@@ -374,6 +388,20 @@ def _image_path(rel: str, csv_path: Path, where: str, col: str) -> str:
     return str(p)
 
 
+
+def _csv_float(text: str) -> float:
+    """A CSV number as Python's float reads it, without its digit separators ("0_5" is not 0.5)."""
+    if "_" in text:
+        raise ValueError(text)
+    return float(text)
+
+
+def _csv_int(text: str) -> int:
+    """A CSV count: digits only, no digit separators ("1_0" is not 10)."""
+    if "_" in text:
+        raise ValueError(text)
+    return int(text)
+
 def plan_csv(path: Path, group: str | None = None) -> list[GroupPlan]:
     """One group from a CSV: ``ref,p0,p1,judge`` (2AFC) or ``p0,p1,same`` (JND); paths relative to the CSV.
 
@@ -419,24 +447,24 @@ def plan_csv(path: Path, group: str | None = None) -> list[GroupPlan]:
         images = tuple(_image_path(row[col], path, where, col) for col in image_cols)
         try:
             if counted:
-                v0, v1 = int(row["votes_p0"]), int(row["votes_p1"])
+                v0, v1 = _csv_int(row["votes_p0"]), _csv_int(row["votes_p1"])
                 if v0 < 0 or v1 < 0 or v0 + v1 == 0:
                     raise ValueError
                 value, votes = v1 / (v0 + v1), v0 + v1
                 given = {c: row[c] for c in (target, "votes") if c in columns}  # also present: must agree
-                if target in given and not abs(float(given[target]) - value) <= 1e-6:  # NaN included
+                if target in given and not abs(_csv_float(given[target]) - value) <= 1e-6:  # NaN included
                     raise PackError(
                         f"{where}: {target} {given[target]} contradicts votes_p0,votes_p1 {v0},{v1} "
                         f"(= {value:.6g}); give one or the other"
                     )
-                if "votes" in given and int(given["votes"]) != votes:
+                if "votes" in given and _csv_int(given["votes"]) != votes:
                     raise PackError(
                         f"{where}: votes {given['votes']} contradicts votes_p0,votes_p1 {v0},{v1} "
                         f"(= {votes}); give one or the other"
                     )
             else:
-                value = float(row[target])
-                votes = int(row["votes"]) if has_votes else None
+                value = _csv_float(row[target])
+                votes = _csv_int(row["votes"]) if has_votes else None
                 if votes is not None and votes < 1:
                     raise ValueError
         except (TypeError, ValueError):
