@@ -94,10 +94,18 @@ def test_errors_before_training_are_one_line(bapps_h5, tmp_path, capsys, monkeyp
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/*.ckpt"))
 
 
-def test_resume_ends_with_the_same_weights(bapps_h5, tmp_path, monkeypatch):
+@pytest.mark.parametrize("faster", [True, False])
+def test_resume_ends_with_the_same_weights(bapps_h5, tmp_path, monkeypatch, faster):
+    """Exact to the bit. The CPU's prepacked backbone is chosen by timing at a run's start (equal
+    taps up to rounding): a resumed run keeps the choice its checkpoint records, whatever the
+    timing says then (here: the opposite)."""
+    from lpips_lightning import steps
+
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(steps, "runs_faster", lambda *a: faster)
     assert main(_fit_args(tmp_path, bapps_h5, "--trainer.max_epochs", "3", "--run_name", "straight")) == 0
     assert main(_fit_args(tmp_path, bapps_h5, "--trainer.max_epochs", "2", "--run_name", "cut")) == 0
+    monkeypatch.setattr(steps, "runs_faster", lambda *a: not faster)
     assert main(_fit_args(tmp_path, bapps_h5, "--trainer.max_epochs", "3", "--ckpt_path", "last")) == 0
     a = torch.load(tmp_path / "runs/straight/last.ckpt", weights_only=True)
     b = torch.load(tmp_path / "runs/cut/last.ckpt", weights_only=True)
@@ -105,6 +113,20 @@ def test_resume_ends_with_the_same_weights(bapps_h5, tmp_path, monkeypatch):
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
     assert any(k.startswith("lpips.heads") for k in a["state_dict"])
+    assert a["lpips_lightning_prepacked"] is b["lpips_lightning_prepacked"] is faster
+
+
+def test_deterministic_runs_take_the_plain_backbone_without_timing(bapps_h5, tmp_path, monkeypatch):
+    from lpips_lightning import steps
+
+    def timed(*args):
+        raise AssertionError("a deterministic run must not choose its backbone by timing")
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(steps, "runs_faster", timed)
+    args = ["--trainer.max_epochs", "1", "--trainer.deterministic", "true", "--run_name", "d"]
+    assert main(_fit_args(tmp_path, bapps_h5, *args)) == 0
+    assert torch.load(tmp_path / "runs/d/last.ckpt", weights_only=True)["lpips_lightning_prepacked"] is False
 
 
 def test_fit_leaves_a_complete_run_folder_and_w_and_b_offline(bapps_h5, tmp_path, capsys, monkeypatch):

@@ -248,7 +248,7 @@ def _fit_heads(path, root, prepack: bool, monkeypatch, **module_args) -> tuple[L
     if prepack:  # whatever the timing on a busy machine says: the copy is compared, not timed
         monkeypatch.setattr(steps, "runs_faster", lambda *a: True)
     else:
-        monkeypatch.setattr(steps, "prepacked_copy", lambda net, x: net)
+        monkeypatch.setattr(steps, "prepacked_copy", lambda net, x, timed=True: net)
     pl.seed_everything(0)
     model = LPIPSModule(variant="lin", pretrained=False, **module_args)
     cpu_trainer(root, limit_train_batches=3).fit(model, JudgmentsDataModule(str(path), batch_size=4))

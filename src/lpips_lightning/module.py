@@ -12,7 +12,7 @@ from .errors import ConfigError, check_choice
 from .heads import make_head
 from .lpips import LPIPS
 from .metrics import JNDAveragePrecision, TwoAFCScore
-from .steps import CACHE_STEPS_PER_CALL, Steps
+from .steps import CACHE_STEPS_PER_CALL, PREPACK_KEY, Steps
 from .weights import CHECKPOINT_BACKBONE_KEY
 
 VARIANTS = ("lin", "tune", "scratch")
@@ -149,6 +149,7 @@ class LPIPSModule(LightningModule):
         self.scores: dict[str, dict[str, float]] = {}
         self.feature_cache = feature_cache
         self.steps: Steps | None = None  # the step machinery of the current fit (see `on_fit_start`)
+        self.prepack: bool | None = None  # a resumed run's choice of the CPU's prepacked backbone (`Steps.frozen_backbone`)
         self.automatic_optimization = False  # `Steps` runs backward, Adam and the head clamp
 
     @property
@@ -212,12 +213,16 @@ class LPIPSModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the resolved backbone spec (default taps filled in): a checkpoint rebuilds the same network
         checkpoint[CHECKPOINT_BACKBONE_KEY] = self.lpips.backbone_spec
+        prepack = self.steps.prepack if self.steps is not None else self.prepack
+        if prepack is not None:  # resuming takes the same backbone copy: the run continues exactly
+            checkpoint[PREPACK_KEY] = prepack
 
     def on_fit_start(self) -> None:
         self.steps = Steps(self)
         self.steps.start()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.prepack = checkpoint.get(PREPACK_KEY)
         # Checkpoints written before training moved to manual optimisation count their optimizer
         # steps under automatic optimisation; a resumed run reads them from the manual counter.
         loops = checkpoint.get("loops", {}).get("fit_loop", {})

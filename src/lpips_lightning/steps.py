@@ -42,6 +42,7 @@ from .metrics import two_afc
 
 CACHE_STEPS_PER_CALL = 64  # feature-cache minibatch steps per `training_step` call (and per graph replay)
 CAPTURED_STEPS_PER_CALL = 8  # full steps per call when captured: Lightning's per-batch work is paid once for 8
+PREPACK_KEY = "lpips_lightning_prepacked"  # in checkpoints: whether the run's CPU backbone was the prepacked copy
 TIMED_IMAGES = 150  # the prepacked CPU copy is timed against the plain backbone on this many images (a batch of 50)
 _USER_LOG_EVERY = "_lpips_lightning_log_every_n_steps"  # the Trainer attribute that keeps the user's value
 CHECK_EVERY = 128  # at most this many steps between two reads of the training values (NaN watch)
@@ -57,15 +58,17 @@ def pair_means(f: torch.Tensor, n: int, dropout: bool) -> torch.Tensor:
     return diff.mean(dim=(3, 4))
 
 
-def prepacked_copy(net: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+def prepacked_copy(net: torch.nn.Module, x: torch.Tensor, timed: bool = True) -> torch.nn.Module:
     """A frozen CPU backbone with its convolutions prepacked for oneDNN, or `net` where that does not serve.
 
     torch.fx's `optimize_for_inference` folds batch norms into convolutions and keeps the
     weights in oneDNN's blocked layout: on 64x64 images (2 cores) AlexNet's float32 pass takes
     about 20 % less time, ResNet-18's and SqueezeNet's about half, while ConvNeXt's gets slower
     (layout changes around its layer norms). So the copy is kept only where it gives `net`'s
-    taps on the first two images of `x` and is faster on its first `TIMED_IMAGES` (`runs_faster`);
-    backbones that torch.fx cannot trace (most ViTs) keep `net`.
+    taps on the first two images of `x` and, when `timed`, is faster on its first `TIMED_IMAGES`
+    (`runs_faster`); backbones that torch.fx cannot trace (most ViTs) keep `net`. Which one is
+    faster depends on the network, the memory layout and the CPU (SqueezeNet is faster
+    prepacked in one layout and slower in the other), hence the timing rather than a table.
     """
     if not torch.backends.mkldnn.is_available() or x.dtype != torch.float32 or net.training:
         return net
@@ -82,7 +85,7 @@ def prepacked_copy(net: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
                 a.shape == b.shape and bool((a - b).abs().max() <= 1e-4 * a.abs().max() + 1e-6)
                 for a, b in zip(net(x[:2]), fast(x[:2]), strict=True)
             )
-            keep = same and runs_faster(fast, net, x[:TIMED_IMAGES])
+            keep = same and (not timed or runs_faster(fast, net, x[:TIMED_IMAGES]))
     except Exception:  # noqa: BLE001 -- any failure to trace or run means: keep the plain network
         return net
     return fast if keep else net
@@ -227,6 +230,8 @@ class Steps:
         self.cache_shape: tuple[int, ...] | None = None
         self.frozen_dtype: torch.dtype | None = None
         self.prepacked = False  # whether the frozen backbone ran as its oneDNN-prepacked copy (CPU)
+        # the choice of that copy: a resumed run's (from its checkpoint), else made by timing at the first batch
+        self.prepack: bool | None = module.prepack
         self.log_every: int | None = None  # the Trainer's log_every_n_steps while batches take several steps
 
     # --- set-up -------------------------------------------------------------------------------
@@ -296,7 +301,10 @@ class Steps:
         """The network and input for a backbone pass: a frozen backbone's fast copy, made once per fit.
 
         Under autocast, a copy in the autocast dtype; in float32 on the CPU, a copy with its
-        convolutions prepacked for oneDNN (`prepacked_copy`).
+        convolutions prepacked for oneDNN (`prepacked_copy`) where it computes the same taps to
+        float rounding and runs faster. Like cuDNN's benchmark mode, that choice is made by timing,
+        so two seeded runs may differ by rounding: ``trainer.deterministic: true`` keeps the plain
+        network, and a resumed run keeps the choice its checkpoint records.
         """
         net = self.lpips.net
         device = x.device.type
@@ -308,7 +316,10 @@ class Steps:
             if autocast:
                 copied = copy.deepcopy(net).to(dtype).requires_grad_(False).train(net.training)
             elif self.loss_fn == self.loss:
-                copied = prepacked_copy(net, x)
+                if self.prepack is None and torch.are_deterministic_algorithms_enabled():
+                    self.prepack = False
+                copied = net if self.prepack is False else prepacked_copy(net, x, timed=self.prepack is None)
+                self.prepack = copied is not net
             else:  # a compiled step takes the plain backbone (the compiler cannot trace oneDNN's prepacked one)
                 copied = net
             self._frozen = (dtype, copied)
