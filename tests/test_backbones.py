@@ -342,6 +342,16 @@ class ReturnsTokens(nn.Module):
         return [x.flatten(2).transpose(1, 2)]
 
 
+class NoChannels(nn.Module):
+    def forward(self, x):
+        return [x[:, :0]]
+
+
+class LosesTheBatch(nn.Module):
+    def forward(self, x):
+        return [x, x[:1]]
+
+
 BAD_SPECS = [
     (dict(backbone="resnet"), "unknown backbone 'resnet'; choose one of: alex, vgg, squeeze, torchvision:<model>"),
     (dict(backbone="keras:resnet50"), "unknown backbone 'keras:resnet50'"),
@@ -357,7 +367,12 @@ BAD_SPECS = [
     (dict(backbone={"class_path": LATENT, "init_args": {"depth": 3}}), "failed: TypeError"),
     (dict(backbone={"class_path": "collections.OrderedDict"}), "made a OrderedDict, not a torch.nn.Module"),
     (dict(backbone={"class_path": "test_backbones.ReturnsTensor"}), "returned a Tensor, not a list of (N, C, H, W)"),
-    (dict(backbone={"class_path": "test_backbones.ReturnsTokens"}), "has shape (1, 1, 3), not (N, C, H, W)"),
+    (dict(backbone={"class_path": "test_backbones.ReturnsTokens"}), "has shape (2, 1, 3), not (N, C, H, W)"),
+    (dict(backbone={"class_path": "test_backbones.NoChannels"}), "feature map 0 has no channels (shape (2, 0, 1, 1))"),
+    (
+        dict(backbone={"class_path": "test_backbones.LosesTheBatch"}),
+        "feature map 1 has batch size 1 for 2 input images; each map must keep the batch dimension",
+    ),
     (dict(backbone={"class_path": LATENT}, taps=["stages.0"]), "drop taps"),
     (dict(backbone={"kind": "resnet"}), "a mapping must have class_path"),
 ]

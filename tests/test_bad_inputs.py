@@ -519,3 +519,12 @@ def test_a_damaged_chunk_read_by_a_loader_worker_is_one_line(small_judgments, tm
                  "--data.val", "[2afc/val/*]", "--trainer.max_epochs", "1")
     err = assert_refused(["fit", *args], capfd)  # the run had started: its folder stays, as after a crash
     assert err.startswith(f"error: {bad}: group 2afc/train/t: p1 cannot be read"), err
+
+
+def test_evaluate_refuses_a_model_that_gives_nan_distances(trained, tmp_path, capfd):
+    ckpt = torch.load(trained["run"] / "last.ckpt", weights_only=True)
+    ckpt["state_dict"]["lpips.heads.0.weight"][0, 0] = float("nan")
+    broken = tmp_path / "broken.ckpt"
+    torch.save(ckpt, broken)
+    err = assert_refused(["evaluate", str(broken), "--data", str(trained["data"]), "--quiet"], capfd, tmp_path)
+    assert "model broken.ckpt gives NaN distances" in err and "nothing is scored" in err

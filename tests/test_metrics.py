@@ -86,3 +86,13 @@ def test_jnd_map_with_ties_does_not_depend_on_item_order(seed):
         assert m.compute().item() == pytest.approx(expected, abs=1e-12)
     # and it differs from ranking ties by arrival order, which is what DDP got wrong
     assert any(abs(numpy_voc_ap(d[o], same[o]) - expected) > 1e-6 for o in (rng.permutation(120) for _ in range(6)))
+
+
+def test_nan_distances_score_nan_not_wrong():
+    """A broken model (NaN distances) must not look like a model that merely disagrees with people."""
+    from lpips_lightning.metrics import jnd_average_precision, two_afc
+
+    nan = float("nan")
+    scores = two_afc(torch.tensor([0.1, nan, 0.3]), torch.tensor([0.2, 0.4, nan]), torch.tensor([0.0, 1.0, 0.5]))
+    assert scores[0] == 1 and scores[1:].isnan().all()
+    assert jnd_average_precision(torch.tensor([0.1, nan]), torch.tensor([1.0, 0.0])).isnan()

@@ -656,7 +656,10 @@ def _as_list(out: Any) -> list:
     return [out]
 
 
-def _check_output(out: Any, label: str) -> tuple[int, ...]:
+PROBE_BATCH = 2  # a dry run's batch: a map that loses or mixes up the batch dimension shows
+
+
+def _check_output(out: Any, label: str, batch: int = PROBE_BATCH) -> tuple[int, ...]:
     """The channels of a dry run's output, or one line saying why it is not a list of feature maps."""
     if not isinstance(out, (list, tuple, dict)):
         raise ConfigError(f"backbone {label} returned a {type(out).__name__}, not a list of (N, C, H, W) feature maps")
@@ -671,7 +674,20 @@ def _check_output(out: Any, label: str) -> tuple[int, ...]:
             raise ConfigError(
                 f"backbone {label}: feature map {i} has shape {tuple(item.shape)}, not (N, C, H, W){hint}"
             )
+        if item.shape[0] != batch:
+            raise ConfigError(
+                f"backbone {label}: feature map {i} has batch size {item.shape[0]} for {batch} input images; "
+                "each map must keep the batch dimension"
+            )
+        if item.shape[1] == 0:
+            raise ConfigError(f"backbone {label}: feature map {i} has no channels (shape {tuple(item.shape)})")
     return tuple(int(t.shape[1]) for t in items)
+
+
+def _empty_map(out: Any) -> bool:
+    """Whether a dry run's output holds a feature map of no pixels (the input was too small for it)."""
+    items = _as_list(out) if isinstance(out, (list, tuple, dict)) else []
+    return any(isinstance(t, torch.Tensor) and t.dim() == 4 and 0 in t.shape[2:] for t in items)
 
 
 @torch.no_grad()
@@ -693,11 +709,14 @@ def probe(body: nn.Module, label: str, limit: int = MAX_PROBE_SIZE) -> tuple[tup
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return body(torch.zeros(1, 3, size, size, device=device, dtype=dtype)), None
+                out = body(torch.zeros(PROBE_BATCH, 3, size, size, device=device, dtype=dtype))
         except ConfigError:
             raise
         except Exception as err:
             return None, err
+        if _empty_map(out):
+            return None, ValueError(f"a feature map of 0 pixels at {size}x{size}")
+        return out, None
 
     try:
         size, out, err = 1, None, None

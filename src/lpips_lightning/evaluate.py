@@ -204,11 +204,13 @@ def evaluate(
     Without `groups`: the file's val and test groups (training groups would flatter a trained
     model), or every group when the file has no val/test split.
     """
+    import numpy as np
     import torch
     from tqdm import tqdm
 
     from . import judgments
     from .datamodules import JudgmentsDataset
+    from .errors import LPIPSLightningError
     from .metrics import jnd_average_precision, two_afc
 
     dev = pick_device(device)
@@ -230,6 +232,12 @@ def evaluate(
             score = scorer(model, dev)
             for group, ds in sets.items():
                 d = distances(score, ds, batch_size, dev, bar)
+                bad = sum(int(np.isnan(v).sum()) for k, v in d.items() if k in ("d", "d0", "d1"))
+                if bad:
+                    raise LPIPSLightningError(
+                        f"model {name} gives NaN distances ({bad} in group {group}): its weights or its "
+                        "backbone are broken; nothing is scored"
+                    )
                 target = ds.targets.double()
                 if "d0" in d:
                     value = two_afc(torch.from_numpy(d["d0"]), torch.from_numpy(d["d1"]), target).mean()

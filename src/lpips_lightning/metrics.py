@@ -11,9 +11,11 @@ def two_afc(d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> torch.Te
     """Per-triplet 2AFC agreement: (d0<d1)(1-judge) + (d1<d0)judge + (d0==d1)/2.
 
     `judge` is the fraction of observers who preferred p1 (found it closer to the reference).
+    A NaN distance gives a NaN agreement: a broken model is not scored as merely wrong.
     """
     d0, d1, judge = d0.flatten(), d1.flatten(), judge.flatten().to(d0.dtype)
-    return (d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5
+    agreement = (d0 < d1) * (1 - judge) + (d1 < d0) * judge + (d0 == d1) * 0.5
+    return torch.where(d0.isnan() | d1.isnan(), torch.nan, agreement)
 
 
 def jnd_precision_recall(d: torch.Tensor, same: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +43,8 @@ def jnd_average_precision(d: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     and the area under the precision envelope. Tied distances count as one block (see
     `jnd_precision_recall`); without ties this is exactly the original's computation.
     """
+    if d.isnan().any():  # no ranking: NaN, as the 2AFC score gives
+        return d.new_tensor(float("nan"), dtype=torch.float64)
     precision, recall = jnd_precision_recall(d, same)
     zero, one = recall.new_zeros(1), recall.new_ones(1)
     mrec = torch.cat([zero, recall, one])
