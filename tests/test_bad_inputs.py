@@ -185,6 +185,25 @@ def test_lightnings_own_refusals_are_one_line_and_leave_no_folder(trained, tmp_p
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--model.lr", "abc"), 'Parser key "model.lr": Expected a <class \'float\'>. Got value: abc'),
+        (("--run_name", "-dash"), "argument --run_name: expected one argument"),
+        (("--bogus", "1"), "unrecognized arguments: --bogus 1"),
+        (("--model.betas", "[2, 3]"), "betas must be two numbers in [0, 1)"),
+        (("--model.epochs_decay", "-3"), "epochs_decay must be 0 or more epochs, got -3"),
+        (("--model.taps", "[]"), "taps is empty"),
+        (("--model.lr", "inf"), "Got value: inf"),
+    ],
+)
+def test_bad_options_are_one_line_without_the_usage(trained, tmp_path, capfd, option, message):
+    """jsonargparse prints its whole usage (77 lines) before a type error: only the error line is left."""
+    err = assert_refused(["fit", *_args(tmp_path / "runs", trained["data"], *option)], capfd, tmp_path)
+    assert message in err, err
+    assert "usage:" not in capfd.readouterr().err
+
+
 def test_images_too_small_for_the_backbone(tmp_path, capfd, imagenet_cache):
     tiny = _write_judgments(
         tmp_path / "tiny.h5", {"2afc/train/t": _group("2afc", size=1), "2afc/val/t": _group("2afc", size=1)}
@@ -295,6 +314,46 @@ def test_multi_process_runs_agree_on_the_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.delenv("RANK")
     assert "job42" not in RunFolder("fit", config()).path.name  # one process: its own clock
+
+
+def test_two_runs_started_at_once_never_share_a_named_folder(tmp_path, monkeypatch):
+    """Both pass the "already holds a run" check before either creates the folder: the claim
+    made when the folder is reserved lets exactly one of them have it."""
+    from jsonargparse import Namespace
+
+    from lpips_lightning.errors import ConfigError
+    from lpips_lightning.runs import CLAIM, RunFolder
+
+    for var in ("WORLD_SIZE", "SLURM_NTASKS", "RANK", "LOCAL_RANK", "NODE_RANK", "LPIPS_LIGHTNING_RUN_DIR"):
+        monkeypatch.delenv(var, raising=False)
+
+    def config():
+        return Namespace(
+            runs_dir=str(tmp_path), ckpt_path=None, run_name="dup", model=Namespace(variant="lin", backbone="alex")
+        )
+
+    first, second = RunFolder("fit", config()), RunFolder("fit", config())  # both checked: the name is free
+    assert first.reserve() == tmp_path / "dup" and (tmp_path / "dup" / CLAIM).is_file()
+    with pytest.raises(ConfigError, match="run folder .*dup already holds a run"):
+        second.reserve()
+    first.release()  # nothing but the claim was written: the name is free again
+    assert not (tmp_path / "dup").exists()
+    (tmp_path / "dup").mkdir()  # an empty folder of that name is still free to take
+    assert RunFolder("fit", config()).reserve() == tmp_path / "dup"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("x" * 256, "256 bytes long; a folder name holds at most 255"),
+        ("é" * 200, "400 bytes long"),
+        ("nul\x01x", "no '/', '\\' or control characters"),
+        ("a\\b", "no '/', '\\' or control characters"),
+    ],
+)
+def test_run_names_that_cannot_be_a_folder_are_one_line(trained, tmp_path, capfd, name, message):
+    err = assert_refused(["fit", *_args(tmp_path / "runs", trained["data"], "--run_name", name)], capfd, tmp_path)
+    assert message in err, err
 
 
 @pytest.mark.parametrize("variant", ["lin", "scratch"])

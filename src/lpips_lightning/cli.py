@@ -130,6 +130,25 @@ def check_accelerator(trainer_config, config_files: Sequence[str]) -> None:
 
 
 @functools.cache
+def _parser_class():
+    """LightningCLI's parser, its usage errors as one line (jsonargparse prints the whole usage first: 77 lines)."""
+    from pytorch_lightning.cli import LightningArgumentParser
+
+    class OneLineErrors(LightningArgumentParser):
+        def error(self, message: str, ex: Exception | None = None):
+            if not self.exit_on_error:  # jsonargparse catches these itself
+                return super().error(message, ex)
+            text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+            text = text if len(text) <= 400 else text[:400] + " ..."
+            prog = self.prog.replace(" [options]", "")
+            from .runs import print_error_once
+
+            print_error_once(f"{text} (options: {prog} --help)")
+            raise SystemExit(2)
+
+    return OneLineErrors
+
+
 def _cli_class():
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
     from pytorch_lightning.cli import LightningCLI
@@ -305,6 +324,7 @@ def _run_training(argv: Sequence[str], run: bool = True):
         seed_everything_default=0,
         auto_configure_optimizers=False,
         parser_kwargs={"default_env": False},
+        parser_class=_parser_class(),
     )
 
 

@@ -120,8 +120,19 @@ class LPIPSModule(LightningModule):
                 f"unknown compile {compile!r}; choose one of: false, true, default, reduce-overhead, max-autotune"
             )
         check_choice("capture", capture, CAPTURE)
-        if lr <= 0:
-            raise ConfigError(f"lr must be positive, got {lr}")
+        if not lr > 0 or lr == float("inf"):  # NaN fails the first test
+            raise ConfigError(f"lr must be a positive number, got {lr}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1) (Adam's), got {list(betas)}")
+        for name, value in (("epochs_constant", epochs_constant), ("epochs_decay", epochs_decay)):
+            if value < 0:
+                raise ConfigError(f"{name} must be 0 or more epochs, got {value}")
+        if not margin >= 0:
+            raise ConfigError(f"margin must be 0 or more, got {margin}")
+        if lora_rank < 0:
+            raise ConfigError(f"lora_rank must be 0 (off) or a positive rank, got {lora_rank}")
+        if taps is not None and len(taps) == 0:
+            raise ConfigError("taps is empty: name at least one tap, or leave taps out for the family's default")
         if lora_rank and variant != "tune":
             raise ConfigError(f"lora_rank adapts a backbone that is tuned: variant 'tune', not {variant!r}")
         instance = isinstance(backbone, nn.Module)

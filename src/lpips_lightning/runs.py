@@ -82,8 +82,11 @@ def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-def _taken(folder: Path) -> bool:
-    return folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+CLAIM = ".lpips-lightning-run"  # created exclusively in a named run folder: two runs never share one
+
+
+def _taken(folder: Path, ignore: str | None = None) -> bool:
+    return folder.exists() and (not folder.is_dir() or any(e.name != ignore for e in folder.iterdir()))
 
 
 def check_checkpoint(ckpt: str) -> tuple[dict, dict]:
@@ -106,8 +109,18 @@ def check_run_name(name: str | None) -> None:
     """A run name is one folder name: not empty, no path separators, not ``.`` or ``..``."""
     if name is None:
         return
-    if not name.strip() or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
-        raise ConfigError(f"--run_name {name!r}: a run name is one folder name (no '/', not empty, not hidden)")
+    rule = "a run name is one folder name: not empty, not hidden, no '/', '\\' or control characters"
+    if (
+        not name.strip()
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or name.startswith(".")
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+    ):
+        raise ConfigError(f"--run_name {name!r}: {rule}")
+    if len(os.fsencode(name)) > 255:
+        raise ConfigError(f"--run_name: {len(os.fsencode(name))} bytes long; a folder name holds at most 255")
 
 
 def explicit_options(argv: list[str], config_files: list[str], section: str = "model") -> set[str]:
@@ -251,8 +264,11 @@ class RunFolder:
         while True:
             try:
                 path.mkdir(parents=True, exist_ok=self.explicit)
-                if self.explicit and _taken(path):
-                    raise FileExistsError
+                if self.explicit:  # the name may be an empty folder: claim it, or find another run did
+                    os.close(os.open(path / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    if _taken(path, ignore=CLAIM):
+                        (path / CLAIM).unlink()
+                        raise FileExistsError
                 break
             except FileExistsError:
                 if self.explicit:
@@ -275,7 +291,7 @@ class RunFolder:
         if not getattr(self, "_made", False) or not self.path.is_dir():
             return
         entries = list(self.path.iterdir())
-        if all(e.is_file() and e.name in ("config.yaml", "hparams.yaml") for e in entries):
+        if all(e.is_file() and e.name in ("config.yaml", "hparams.yaml", CLAIM) for e in entries):
             for e in entries:
                 e.unlink()
             self.path.rmdir()
