@@ -147,10 +147,16 @@ def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
     made["empty"].write_bytes(b"")
     made["foreign"] = folder / "foreign.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, made["foreign"])
+    made["folder"] = folder / "dir.ckpt"
+    made["folder"].mkdir()
+    made["onnx"] = folder / "model.onnx"
+    made["onnx"].write_bytes(b"\x08\x08\x12\x07pytorch")  # how an ONNX model's protobuf starts
     return made
 
 
-@pytest.mark.parametrize("case", ["truncated", "safetensors", "pickled", "empty", "foreign", "missing"])
+@pytest.mark.parametrize(
+    "case", ["truncated", "safetensors", "pickled", "empty", "foreign", "missing", "folder", "onnx"]
+)
 @pytest.mark.parametrize("command", ["fit", "validate"])
 def test_bad_checkpoint_is_one_line(trained, tmp_path, capfd, case, command):
     bad = _bad_checkpoints(tmp_path / "bad", trained["run"] / "last.ckpt")
@@ -160,6 +166,8 @@ def test_bad_checkpoint_is_one_line(trained, tmp_path, capfd, case, command):
     )
     assert path.name in err
     assert "weights_only=False" not in err and "weights_only" not in err.replace("weights_only=True", "")
+    expected = {"folder": "is a folder; give a checkpoint file", "onnx": "an ONNX model, not a checkpoint file"}
+    assert expected.get(case, "") in err, err
 
 
 def test_gpu_overlay_without_a_gpu_is_one_line(trained, tmp_path, capfd):

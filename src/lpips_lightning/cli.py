@@ -310,6 +310,8 @@ def _run_training(argv: Sequence[str], run: bool = True):
     # the run folder is new, or a resumed run's own (see `runs`): the logger and checkpoints may land in it
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # a frozen backbone stays in eval mode on purpose (batch norms and dropout as at inference)
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # validation and test scores are torchmetrics results, already synchronised over processes:
     # all-reducing them again (sync_dist=True) could only change them by rounding
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
@@ -326,6 +328,21 @@ def _run_training(argv: Sequence[str], run: bool = True):
         parser_kwargs={"default_env": False},
         parser_class=_parser_class(),
     )
+
+
+def _end_progress_line() -> None:
+    """End the line a training progress bar left on the terminal, so that an error starts a line of its own."""
+    trainer = getattr(_ACTIVE[0], "trainer", None) if _ACTIVE else None
+    if getattr(trainer, "progress_bar_callback", None) is None or not trainer.global_rank == 0:
+        return
+    for stream in (sys.stdout, sys.stderr):  # Lightning's bars draw on stdout, tqdm's default is stderr
+        try:
+            if stream.isatty():
+                stream.write("\n")
+                stream.flush()
+                return
+        except (OSError, ValueError):
+            continue
 
 
 def _tool(module: str, name: str = "main") -> Callable[[Sequence[str]], int]:
@@ -394,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LPIPSLightningError as err:
         from .runs import print_error_once
 
+        _end_progress_line()
         print_error_once(message_of(err))
         return 2
     except KeyboardInterrupt as err:

@@ -93,6 +93,8 @@ def check_checkpoint(ckpt: str) -> tuple[dict, dict]:
     """(hyperparameters, info) of a plain lpips-lightning checkpoint; one clear line for anything else."""
     from .export import read_checkpoint
 
+    if Path(ckpt).is_dir():
+        raise ConfigError(f"--ckpt_path {ckpt}: is a folder; give a checkpoint file (e.g. {Path(ckpt) / 'last.ckpt'})")
     if not Path(ckpt).is_file():
         raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file")
     hp, _, info = read_checkpoint(ckpt)
@@ -160,7 +162,7 @@ def refuse_conflicts(model_config, hp: dict, ckpt: str, explicit: set[str] = fro
             keep[key] = given
             continue
         raise ConfigError(
-            f"--model.{key} {given!r} conflicts with the checkpoint {ckpt}, trained with {key} {hp[key]!r}; "
+            f"model.{key} {given!r} (given on the command line or in a --config file) conflicts with the checkpoint {ckpt}, trained with {key} {hp[key]!r}; "
             "drop the option, or train a new run without --ckpt_path"
         )
     return keep
