@@ -464,7 +464,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if "--extra" in argv:
         i = argv.index("--extra")
         argv, extra = argv[:i], argv[i + 1 :]
-    p = argparse.ArgumentParser(
+    from lpips_lightning.errors import ArgumentParser
+
+    p = ArgumentParser(
         prog="scripts/reproduce.py",
         description="Download BAPPS, pack it, train the paper's configurations, evaluate them and the released "
         "weights, and write OUT/paper_table.md. Rerun the same command to resume.",

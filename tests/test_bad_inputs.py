@@ -196,7 +196,7 @@ def test_lightnings_own_refusals_are_one_line_and_leave_no_folder(trained, tmp_p
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (("--model.lr", "abc"), 'Parser key "model.lr": Expected a <class \'float\'>. Got value: abc'),
+        (("--model.lr", "abc"), "Parser key \"model.lr\": Expected a <class 'float'>. Got value: abc"),
         (("--run_name", "-dash"), "argument --run_name: expected one argument"),
         (("--bogus", "1"), "unrecognized arguments: --bogus 1"),
         (("--model.betas", "[2, 3]"), "betas must be two numbers in [0, 1)"),
@@ -582,8 +582,18 @@ def test_a_damaged_chunk_read_by_a_loader_worker_is_one_line(small_judgments, tm
     raw = bytearray(bad.read_bytes())
     raw[info.byte_offset : info.byte_offset + info.size] = bytes(info.size)
     bad.write_bytes(bytes(raw))
-    args = _args(tmp_path / "runs", bad, "--data.in_memory", "false", "--data.num_workers", "1",
-                 "--data.val", "[2afc/val/*]", "--trainer.max_epochs", "1")
+    args = _args(
+        tmp_path / "runs",
+        bad,
+        "--data.in_memory",
+        "false",
+        "--data.num_workers",
+        "1",
+        "--data.val",
+        "[2afc/val/*]",
+        "--trainer.max_epochs",
+        "1",
+    )
     err = assert_refused(["fit", *args], capfd)  # the run had started: its folder stays, as after a crash
     assert err.startswith(f"error: {bad}: group 2afc/train/t: p1 cannot be read"), err
 
@@ -595,3 +605,18 @@ def test_evaluate_refuses_a_model_that_gives_nan_distances(trained, tmp_path, ca
     torch.save(ckpt, broken)
     err = assert_refused(["evaluate", str(broken), "--data", str(trained["data"]), "--quiet"], capfd, tmp_path)
     assert "model broken.ckpt gives NaN distances" in err and "nothing is scored" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["pack"], "the following arguments are required: source, out"),
+        (["evaluate", "l2", "--data", "d.h5", "--batch-size", "text"], "argument --batch-size: invalid int value"),
+        (["distance", "a.png", "b.png", "--resize", "0"], "must be a number of pixels from 1 to 4096, got 0"),
+        (["export", "a.ckpt", "b.pt", "--size", "abc"], "argument --size: invalid int value: 'abc'"),
+    ],
+)
+def test_tool_usage_errors_are_one_line(tmp_path, capfd, argv, message):
+    err = assert_refused(argv, capfd, tmp_path)
+    assert err.startswith("error: ") and message in err and f"(options: lpips-lightning {argv[0]} --help)" in err
+    assert "usage:" not in capfd.readouterr().err

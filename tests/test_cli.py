@@ -286,7 +286,8 @@ def test_top_level_help_lists_every_command(capsys):
 
 def test_a_frozen_torchvision_backbone_trains_without_lightnings_eval_mode_warning(bapps_h5, tmp_path, recwarn):
     """A frozen backbone is in eval mode on purpose: Lightning's warning about it is noise on every lin run."""
-    args = _fit_args(tmp_path, bapps_h5, "--model.backbone", "torchvision:resnet18", "--config",
-                     str(ROOT / "configs/debug.yaml"))
+    args = _fit_args(
+        tmp_path, bapps_h5, "--model.backbone", "torchvision:resnet18", "--config", str(ROOT / "configs/debug.yaml")
+    )
     assert main(args) == 0
     assert not [w for w in recwarn if "eval mode" in str(w.message)]

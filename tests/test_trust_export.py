@@ -304,7 +304,7 @@ def test_export_bad_targets_one_line(exported, tmp_path, capfd, monkeypatch):
         ([str(tmp_path / "sub"), "--format", "onnx"], "sub is a folder"),
         ([str(tmp_path / "m.bin")], "cannot tell the format from the extension"),
         ([str(tmp_path / "m.pth"), "--format", "onnx"], "--format onnx contradicts the extension .pth (lpips format)"),
-        ([str(tmp_path / "m.onnx"), "--format", "lpips"], "contradicts the extension .onnx (onnx format); name the file m.pth"),
+        ([str(tmp_path / "m.onnx"), "--format", "lpips"], "extension .onnx (onnx format); name the file m.pth"),
         ([str(tmp_path / "missing" / "m.pth")], "folder " + str(tmp_path / "missing") + " does not exist"),
     ]
     for target, message in cases:
@@ -378,3 +378,20 @@ def test_distance_works_without_warnings(pngs, capfd, imagenet_cache):
     assert main(["distance", *map(str, pngs), "--resize", "32"]) == 0
     out, err = capfd.readouterr()
     assert float(out) >= 0 and not err.strip(), err
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("", "no model file given (an empty path)"),
+        ("/dev/null", "/dev/null: not a regular file (a device, pipe or socket)"),
+        ("TEXT", "not a model file (neither a torch file, safetensors, TorchScript nor ONNX)"),
+    ],
+)
+def test_load_names_what_a_path_is_not(tmp_path, path, message):
+    if path == "TEXT":
+        path = tmp_path / "notes.pt"
+        path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(ExportError) as err:
+        load(path)
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -216,7 +216,7 @@ BAD_CSVS = {
     "missing image": ("ref,p0,p1,judge\nim0.png,gone.png,im2.png,0.5\n", "line 2: image gone.png does not exist"),
     "judge NaN": ("ref,p0,p1,judge\nim0.png,im1.png,im2.png,nan\n", "judgment nan is not a finite number"),
     "judge empty": ("ref,p0,p1,judge\nim0.png,im1.png,im2.png,\n", "line 2: bad value in judge"),
-    "judge with a digit separator": ("ref,p0,p1,judge\nim0.png,im1.png,im2.png,0_1\n", "line 2: bad value in judge: 0_1"),
+    "judge with a digit separator": ("ref,p0,p1,judge\nim0.png,im1.png,im2.png,0_1\n", "bad value in judge: 0_1"),
     "votes with a digit separator": (
         "ref,p0,p1,votes_p0,votes_p1\nim0.png,im1.png,im2.png,1_0,3\n",
         "line 2: bad value in votes_p0,votes_p1: 1_0, 3",
@@ -781,8 +781,10 @@ def test_an_output_created_meanwhile_by_another_process_is_not_replaced(tmp_path
     capfd.readouterr()
     assert main(["pack", str(path), str(out), "--quiet", "--workers", "1"]) == 2
     err = capfd.readouterr().err
-    assert err.strip() == f"error: {out} was created by another process while this one wrote it; " \
-        "pass --overwrite to replace it", err
+    assert (
+        err.strip() == f"error: {out} was created by another process while this one wrote it; "
+        "pass --overwrite to replace it"
+    ), err
     assert out.read_bytes() == b"the other pack's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["im0.png", "im1.png", "im2.png", "mine.csv", "o.h5"]
 

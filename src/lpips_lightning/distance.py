@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .errors import ConfigError, LPIPSLightningError
+from .errors import ArgumentParser, ConfigError, LPIPSLightningError
 
 MAX_SIZE = 4096  # as pack's --size: larger images exhaust memory before they are compared
 
@@ -36,7 +36,7 @@ def _check_size(height: int, width: int, min_size: int, backbone: str, where: st
 
 def main(argv: Sequence[str]) -> int:
     """``lpips-lightning distance``."""
-    p = argparse.ArgumentParser(prog="lpips-lightning distance", description="LPIPS distance between two images.")
+    p = ArgumentParser(prog="lpips-lightning distance", description="LPIPS distance between two images.")
     p.add_argument("img0")
     p.add_argument("img1")
     p.add_argument("--backbone", default=None, help="alex, vgg or squeeze (default alex)")
@@ -53,8 +53,10 @@ def main(argv: Sequence[str]) -> int:
     if args.model:  # the model file says what it is: an option that would describe another model is refused
         given = [f"--{k}" for k in ("heads", "backbone_weights") if getattr(args, k) is not None]
         if given:
-            raise ConfigError(f"{', '.join(given).replace('_', '-')} cannot be combined with --model {args.model} "
-                              "(the model file holds its own weights)")
+            raise ConfigError(
+                f"{', '.join(given).replace('_', '-')} cannot be combined with --model {args.model} "
+                "(the model file holds its own weights)"
+            )
     args.backbone = args.backbone or ("alex" if not args.model else None)
     version_given, args.version = args.version, args.version or "0.1"
     args.heads = args.heads or "official"

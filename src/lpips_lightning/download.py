@@ -35,7 +35,6 @@ Only the standard library speaks HTTP (`urllib.request`); proxies follow the usu
 
 from __future__ import annotations
 
-import argparse
 import errno
 import http.client
 import os
@@ -50,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import Interrupted, LPIPSLightningError, check_choice
+from .errors import ArgumentParser, Interrupted, LPIPSLightningError, check_choice
 from .outputs import OutputError
 
 DEFAULT_BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
@@ -441,7 +440,7 @@ def download(
 
 def main(argv: Sequence[str]) -> int:
     """``lpips-lightning download``."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="lpips-lightning download",
         description="Download the BAPPS archives into DIR (resumable; each archive checked before it is kept).",
     )

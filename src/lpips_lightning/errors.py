@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 
 class LPIPSLightningError(Exception):
     """Base class of every user-facing error; the CLI prints its message and exits with status 2."""
@@ -38,7 +41,7 @@ def message_of(err: LPIPSLightningError) -> str:
     if "Original Traceback" in text:
         last = [line for line in text.splitlines() if line.strip()][-1]
         prefix = f"{type(err).__module__}.{type(err).__name__}: "
-        text = last[len(prefix):] if last.startswith(prefix) else last.split(": ", 1)[-1]
+        text = last[len(prefix) :] if last.startswith(prefix) else last.split(": ", 1)[-1]
     return text
 
 
@@ -61,3 +64,11 @@ class Interrupted(KeyboardInterrupt):
 
     def __repr__(self) -> str:
         return f"Interrupted({self.signum})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the tool commands: a usage error is one ``error:`` line (status 2), not the usage first."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"error: {message} (options: {self.prog} --help)\n")
+        raise SystemExit(2)

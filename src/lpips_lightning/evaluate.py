@@ -9,7 +9,6 @@ MODEL: a checkpoint or any export (see `lpips_lightning.export`), ``official:ale
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -18,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from .errors import ArgumentParser, ConfigError
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
     import numpy as np
@@ -376,7 +375,7 @@ def _label(spec: str, specs: Sequence[str]) -> str:
 
 def main(argv: Sequence[str]) -> int:
     """``lpips-lightning evaluate``."""
-    p = argparse.ArgumentParser(prog="lpips-lightning evaluate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="lpips-lightning evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "models",
         nargs="+",

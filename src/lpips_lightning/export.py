@@ -25,7 +25,6 @@ answers before torch is loaded.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -34,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, LPIPSLightningError, WeightsError
+from .errors import ArgumentParser, ConfigError, LPIPSLightningError, WeightsError
 from .outputs import atomic_output, check_output
 
 if TYPE_CHECKING:
@@ -160,8 +159,8 @@ def load(path: str | os.PathLike, backbone: str | None = None, version: str = "0
     """
     from .weights import check_readable, load_torch_file, sniff
 
+    check_readable(path, "model", ExportError)  # before Path(): Path("") is the current folder
     path = Path(path)
-    check_readable(path, "model", ExportError)
     kind = sniff(path)
     if path.suffix.lower() == ".onnx" or kind == "onnx":
         return _parts().OnnxMetric(path).eval()
@@ -690,7 +689,7 @@ _WRITERS = {
 
 def main(argv: Sequence[str]) -> int:
     """``lpips-lightning export``."""
-    p = argparse.ArgumentParser(prog="lpips-lightning export", description="Export a trained metric.")
+    p = ArgumentParser(prog="lpips-lightning export", description="Export a trained metric.")
     p.add_argument("ckpt", help="a checkpoint of `lpips-lightning fit`")
     p.add_argument("out", help="output file: .pth (lpips), .safetensors, .pt (TorchScript) or .onnx")
     p.add_argument("--format", choices=sorted(set(FORMATS.values())), default=None)

@@ -304,9 +304,12 @@ def validate_group(f: h5py.File, group: str) -> int:
             if not isinstance(d, h5py.Dataset) or d.shape != (n,):
                 found = f"{d.dtype} {d.shape}" if isinstance(d, h5py.Dataset) else _what(d)
                 raise JudgmentsError(f"{where}: optional {key} must hold one entry per item (N={n}), found {found}")
-            if key == "votes" and (d.dtype.kind not in "iu" or (d.dtype.kind == "i" and (read(f, group, key) < 0).any())):
-                raise JudgmentsError(f"{where}: optional votes must be non-negative integers, found {d.dtype}"
-                                     + (" with negative counts" if d.dtype.kind == "i" else ""))
+            negative = d.dtype.kind == "i" and bool((read(f, group, key) < 0).any())
+            if key == "votes" and (d.dtype.kind not in "iu" or negative):
+                raise JudgmentsError(
+                    f"{where}: optional votes must be non-negative integers, found {d.dtype}"
+                    + (" with negative counts" if negative else "")
+                )
             if key == "names" and d.dtype.kind not in "SUO":
                 raise JudgmentsError(f"{where}: optional names must be strings, found {d.dtype}")
     values = read(f, group, target)

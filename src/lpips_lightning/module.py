@@ -160,7 +160,8 @@ class LPIPSModule(LightningModule):
         self.scores: dict[str, dict[str, float]] = {}
         self.feature_cache = feature_cache
         self.steps: Steps | None = None  # the step machinery of the current fit (see `on_fit_start`)
-        self.prepack: bool | None = None  # a resumed run's choice of the CPU's prepacked backbone (`Steps.frozen_backbone`)
+        # a resumed run's choice of the CPU's prepacked backbone (see `Steps.frozen_backbone`)
+        self.prepack: bool | None = None
         self.automatic_optimization = False  # `Steps` runs backward, Adam and the head clamp
 
     @property

@@ -36,7 +36,6 @@ parent kills them. Workers also die with a parent killed outright (SIGKILL): `_d
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import io
@@ -66,7 +65,7 @@ import numpy as np
 from PIL import Image
 
 from . import judgments, outputs
-from .errors import Interrupted, LPIPSLightningError, PackError
+from .errors import ArgumentParser, Interrupted, LPIPSLightningError, PackError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 FOLDERS = {"2afc": ("ref", "p0", "p1", "judge"), "jnd": ("p0", "p1", "same")}
@@ -199,8 +198,10 @@ def load_image(path: str | os.PathLike | bytes, size: int | None = None, name: s
         raise PackError(f"{path}: is a folder, not an image file") from None
     except Exception as err:  # PIL raises many kinds for broken files
         empty = source == b"" if isinstance(source, bytes) else _is_empty(source)
-        raise PackError(f"{path}: " + ("empty file (0 bytes), not an image" if empty else
-                                       f"image does not decode ({type(err).__name__})")) from None
+        raise PackError(
+            f"{path}: "
+            + ("empty file (0 bytes), not an image" if empty else f"image does not decode ({type(err).__name__})")
+        ) from None
 
 
 def _is_empty(path: str | os.PathLike) -> bool:
@@ -388,7 +389,6 @@ def _image_path(rel: str, csv_path: Path, where: str, col: str) -> str:
     return str(p)
 
 
-
 def _csv_float(text: str) -> float:
     """A CSV number as Python's float reads it, without its digit separators ("0_5" is not 0.5)."""
     if "_" in text:
@@ -401,6 +401,7 @@ def _csv_int(text: str) -> int:
     if "_" in text:
         raise ValueError(text)
     return int(text)
+
 
 def plan_csv(path: Path, group: str | None = None) -> list[GroupPlan]:
     """One group from a CSV: ``ref,p0,p1,judge`` (2AFC) or ``p0,p1,same`` (JND); paths relative to the CSV.
@@ -1354,7 +1355,7 @@ def _write_group(
 
 def main(argv: Sequence[str]) -> int:
     """``lpips-lightning pack``."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="lpips-lightning pack",
         description="Pack BAPPS (folders or the downloaded archives) or a CSV of judgments into one judgments file "
         "(HDF5).",

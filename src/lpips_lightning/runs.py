@@ -162,7 +162,8 @@ def refuse_conflicts(model_config, hp: dict, ckpt: str, explicit: set[str] = fro
             keep[key] = given
             continue
         raise ConfigError(
-            f"model.{key} {given!r} (given on the command line or in a --config file) conflicts with the checkpoint {ckpt}, trained with {key} {hp[key]!r}; "
+            f"model.{key} {given!r} (given on the command line or in a --config file) conflicts with the "
+            f"checkpoint {ckpt}, trained with {key} {hp[key]!r}; "
             "drop the option, or train a new run without --ckpt_path"
         )
     return keep

@@ -39,9 +39,13 @@ from .errors import WeightsError
 # --- reading files ------------------------------------------------------------------------------
 def check_readable(path: str | os.PathLike, what: str, error: type[Exception] = WeightsError) -> None:
     """Raise `error` naming `path` when it is missing, a folder, unreadable or empty."""
+    if not str(path):
+        raise error(f"no {what} file given (an empty path)")
     path = Path(path)
     if path.is_dir():
         raise error(f"{path} is a folder, not a {what} file")
+    if path.exists() and not path.is_file():
+        raise error(f"{path}: not a regular file (a device, pipe or socket), not a {what} file")
     if not path.is_file():
         raise error(f"{path}: no such {what} file")
     if not os.access(path, os.R_OK):
@@ -116,8 +120,8 @@ def load_torch_file(path: str | os.PathLike, what: str, error: type[Exception] =
         raise error(f"{path}: not a {what} file (unreadable pickle data)") from None
     except (EOFError, RuntimeError):
         raise error(f"{path}: truncated or damaged, not a readable {what} file") from None
-    except Exception as err:
-        raise error(f"{path}: not a {what} file ({type(err).__name__})") from None
+    except Exception:  # torch's unpickler fails in many ways on text and other foreign files
+        raise error(f"{path}: not a {what} file (neither a torch file, safetensors, TorchScript nor ONNX)") from None
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -16,7 +16,6 @@ copy that ``datamodules/demo.yaml`` (path ``demo``) uses.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .. import judgments
-from ..errors import JudgmentsError
+from ..errors import ArgumentParser, JudgmentsError
 
 DEMO_VERSION = 1
 TRAIN_PHOTOS = (
@@ -184,7 +183,7 @@ def ensure_demo(seed: int = 0) -> Path:
 
 def main(argv: Sequence[str]) -> int:
     """``lpips-lightning demo-data``."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="lpips-lightning demo-data",
         description="Build the demo judgments file (real photos, simulated observers).",
     )
