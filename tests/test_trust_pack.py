@@ -215,6 +215,10 @@ BAD_CSVS = {
     ),
     "missing image": ("ref,p0,p1,judge\nim0.png,gone.png,im2.png,0.5\n", "line 2: image gone.png does not exist"),
     "judge NaN": ("ref,p0,p1,judge\nim0.png,im1.png,im2.png,nan\n", "judgment nan is not a finite number"),
+    "unclosed quote": (
+        'ref,p0,p1,judge\nim0.png,im1.png,im2.png,0.5\n"im0.png,im1.png,im2.png,0.5\nim0.png,im1.png,im2.png,0.5\n',
+        'mine.csv line 3: a field opens a quote (") that is never closed',
+    ),
     "judge empty": ("ref,p0,p1,judge\nim0.png,im1.png,im2.png,\n", "line 2: bad value in judge"),
     "judge with a digit separator": ("ref,p0,p1,judge\nim0.png,im1.png,im2.png,0_1\n", "bad value in judge: 0_1"),
     "votes with a digit separator": (
@@ -281,6 +285,26 @@ def test_csv_variants_that_must_work(tmp_path, text):
         g = f["2afc/train/mine"]
         np.testing.assert_allclose(g["judge"][()], [0.25])
         assert [int(g[k][0].max()) for k in ("ref", "p0", "p1")] == [0, 40, 80]
+
+
+def test_a_name_in_the_other_unicode_normalisation_is_the_same_image(tmp_path):
+    """macOS writes file names decomposed (NFD), a spreadsheet composed (NFC): the CSV means that file."""
+    import unicodedata
+
+    _images(tmp_path)
+    os.rename(tmp_path / "im1.png", tmp_path / unicodedata.normalize("NFD", "é1.png"))
+    path = tmp_path / "mine.csv"
+    path.write_text("ref,p0,p1,judge\n" + unicodedata.normalize("NFC", "im0.png,é1.png,im2.png,0.25\n"))
+    out = pack(path, tmp_path / "o.h5", size=8, workers=1, progress=False)
+    with judgments.open_file(out) as f:
+        assert int(f["2afc/train/mine"]["p0"][0].max()) == 40
+
+
+def test_a_broken_link_is_named_as_such(tmp_path, capfd):
+    path = _csv(tmp_path, "ref,p0,p1,judge\nim0.png,gone.png,im2.png,0.25\n")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "elsewhere.png")
+    line = assert_refused(["pack", str(path), str(tmp_path / "o.h5"), "--quiet", "--workers", "1"], capfd, tmp_path)
+    assert f"line 2: p0 gone.png is a link to {tmp_path / 'elsewhere.png'}, which does not exist" in line
 
 
 def test_judge_beside_vote_counts_that_agree_is_accepted(tmp_path):

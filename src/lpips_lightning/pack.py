@@ -51,6 +51,7 @@ import sys
 import tarfile
 import threading
 import time
+import unicodedata
 import warnings
 import zlib
 from array import array
@@ -347,11 +348,13 @@ def _csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise PackError(
             f"{path} line {line}: byte 0x{data[offset]:02x} is not UTF-8 text; save the CSV as UTF-8 (Excel: CSV UTF-8)"
         ) from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     records: list[tuple[int, list[str]]] = []
     header: list[str] | None = None
+    done = 0  # the last line of the last complete row
     try:
         for row in reader:
+            done = reader.line_num
             if not any(v.strip() for v in row):
                 continue  # blank line
             if header is None:
@@ -359,6 +362,8 @@ def _csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             else:
                 records.append((reader.line_num, [v.strip() for v in row]))
     except csv.Error as err:
+        if "unexpected end of data" in str(err):
+            raise PackError(f'{path} line {done + 1}: a field opens a quote (") that is never closed') from None
         raise PackError(f"{path} line {reader.line_num}: not readable as CSV ({err})") from None
     if header is None:
         raise PackError(f"{path}: empty file; a 2AFC CSV needs the header ref,p0,p1,judge, a JND CSV p0,p1,same")
@@ -379,6 +384,13 @@ def _image_path(rel: str, csv_path: Path, where: str, col: str) -> str:
     try:
         mode = p.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
+        if p.is_symlink():
+            raise PackError(f"{where}: {col} {shown} is a link to {os.readlink(p)}, which does not exist") from None
+        # the same name in the other Unicode normalisation (macOS writes NFD, Excel NFC): the file a person means
+        alternatives = {unicodedata.normalize(form, str(p)) for form in ("NFC", "NFD")} - {str(p)}
+        found = [a for a in alternatives if os.path.isfile(a)]
+        if len(found) == 1:
+            return found[0]
         raise PackError(f"{where}: image {shown} does not exist ({p if len(str(p)) <= 200 else '...'})") from None
     except OSError as err:
         raise PackError(f"{where}: image {shown} cannot be read ({err.strerror or type(err).__name__})") from None
