@@ -352,6 +352,11 @@ class LosesTheBatch(nn.Module):
         return [x, x[:1]]
 
 
+class SqueezesTheBatch(nn.Module):
+    def forward(self, x):
+        return [x.squeeze(0)]
+
+
 BAD_SPECS = [
     (dict(backbone="resnet"), "unknown backbone 'resnet'; choose one of: alex, vgg, squeeze, torchvision:<model>"),
     (dict(backbone="keras:resnet50"), "unknown backbone 'keras:resnet50'"),
@@ -373,6 +378,7 @@ BAD_SPECS = [
         dict(backbone={"class_path": "test_backbones.LosesTheBatch"}),
         "feature map 1 has batch size 1 for 2 input images; each map must keep the batch dimension",
     ),
+    (dict(backbone={"class_path": "test_backbones.SqueezesTheBatch"}), "feature map 0 has shape (3, 1, 1), not (N"),
     (dict(backbone={"class_path": LATENT}, taps=["stages.0"]), "drop taps"),
     (dict(backbone={"kind": "resnet"}), "a mapping must have class_path"),
 ]

@@ -347,7 +347,15 @@ def test_two_runs_started_at_once_never_share_a_named_folder(tmp_path, monkeypat
     first.release()  # nothing but the claim was written: the name is free again
     assert not (tmp_path / "dup").exists()
     (tmp_path / "dup").mkdir()  # an empty folder of that name is still free to take
+    third = RunFolder("fit", config())
+    assert third.reserve() == tmp_path / "dup"
+    # a run killed (SIGKILL) right after its claim: the claim of a process that is gone frees the name
+    claim = tmp_path / "dup" / CLAIM
+    assert claim.read_text().split() == [str(os.getpid())]
+    claim.write_text("999999999\n")
     assert RunFolder("fit", config()).reserve() == tmp_path / "dup"
+    with pytest.raises(ConfigError, match="already holds a run"):  # while its owner (this process) lives
+        RunFolder("fit", config())
 
 
 @pytest.mark.parametrize(
@@ -604,7 +612,7 @@ def test_evaluate_refuses_a_model_that_gives_nan_distances(trained, tmp_path, ca
     broken = tmp_path / "broken.ckpt"
     torch.save(ckpt, broken)
     err = assert_refused(["evaluate", str(broken), "--data", str(trained["data"]), "--quiet"], capfd, tmp_path)
-    assert "model broken.ckpt gives NaN distances" in err and "nothing is scored" in err
+    assert "model broken.ckpt gives NaN or infinite distances" in err and "nothing is scored" in err
 
 
 @pytest.mark.parametrize(

@@ -291,3 +291,17 @@ def test_a_frozen_torchvision_backbone_trains_without_lightnings_eval_mode_warni
     )
     assert main(args) == 0
     assert not [w for w in recwarn if "eval mode" in str(w.message)]
+
+
+def test_a_run_resumed_where_the_cpu_choice_does_not_arise_records_none(bapps_h5, tmp_path, monkeypatch):
+    """An fp32 CPU run chose the prepacked copy; resumed in bf16-mixed (a bf16 copy instead), its
+    checkpoints no longer claim the prepacked one."""
+    from lpips_lightning import steps
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(steps, "runs_faster", lambda *a: True)
+    assert main(_fit_args(tmp_path, bapps_h5, "--trainer.max_epochs", "1", "--run_name", "p")) == 0
+    assert torch.load(tmp_path / "runs/p/last.ckpt", weights_only=True)["lpips_lightning_prepacked"] is True
+    args = ["--trainer.max_epochs", "2", "--ckpt_path", "last", "--run_name", "p", "--trainer.precision", "bf16-mixed"]
+    assert main(_fit_args(tmp_path, bapps_h5, *args)) == 0
+    assert "lpips_lightning_prepacked" not in torch.load(tmp_path / "runs/p/last.ckpt", weights_only=True)

@@ -395,3 +395,25 @@ def test_load_names_what_a_path_is_not(tmp_path, path, message):
     with pytest.raises(ExportError) as err:
         load(path)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_safetensors_file_whose_header_length_looks_like_onnx_is_safetensors(tmp_path):
+    """A safetensors file starts with its header's length: one ending in byte 0x08 began like an ONNX model."""
+    import struct
+
+    from safetensors.torch import save_file
+
+    from lpips_lightning.weights import sniff
+
+    path = tmp_path / "w.safetensors"
+    for pad in range(300):  # metadata long enough that the header's length ends in 0x08
+        save_file({"w": torch.zeros(3)}, str(path), metadata={"note": "x" * pad})
+        head = path.read_bytes()[:16]
+        if head[0] == 0x08:
+            break
+    (length,) = struct.unpack("<Q", head[:8])
+    assert length % 256 == 8 and 0 < head[1] < 0x80
+    assert sniff(path) == "safetensors"
+    renamed = tmp_path / "w.bin"
+    renamed.write_bytes(path.read_bytes())
+    assert sniff(renamed) == "safetensors"

@@ -840,3 +840,37 @@ def test_outputs_get_the_usual_mode_for_new_files(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "o.bin").stat().st_mode & 0o777 == 0o640
+
+
+def test_outputs_on_a_file_system_without_hard_links_or_modes(tmp_path, monkeypatch):
+    """FAT/exFAT: chmod fails and there are no hard links; the output is still written, and still
+    never replaces a file that appeared meanwhile."""
+    from lpips_lightning import outputs
+
+    def refused(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refused)
+    monkeypatch.setattr(os, "link", refused)
+    with outputs.atomic_output(tmp_path / "o.bin") as tmp:
+        os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
+    assert [p.name for p in tmp_path.iterdir()] == ["o.bin"]
+    with pytest.raises(outputs.OutputError, match="created by another process"):
+        with outputs.atomic_output(tmp_path / "p.bin") as tmp:
+            tmp.write_bytes(b"mine")
+            (tmp_path / "p.bin").write_bytes(b"theirs")
+    assert (tmp_path / "p.bin").read_bytes() == b"theirs"
+
+
+def test_a_broken_link_as_the_output_is_refused_before_any_work(tmp_path, capfd):
+    path = _csv(tmp_path, "ref,p0,p1,judge\nim0.png,im1.png,im2.png,0.5\n")
+    (tmp_path / "o.h5").symlink_to(tmp_path / "nowhere.h5")
+    line = assert_refused(["pack", str(path), str(tmp_path / "o.h5"), "--quiet", "--workers", "1"], capfd, tmp_path)
+    assert "o.h5 is a link to" in line and "which does not exist; remove the link first" in line
+
+
+def test_a_space_after_a_quoted_field_still_parses(tmp_path):
+    path = _csv(tmp_path, 'ref,p0,p1,judge\n"im0.png" ,im1.png,im2.png,0.25\n')
+    out = pack(path, tmp_path / "o.h5", size=8, workers=1, progress=False)
+    with judgments.open_file(out) as f:
+        np.testing.assert_allclose(f["2afc/train/mine"]["judge"][()], [0.25])

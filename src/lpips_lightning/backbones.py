@@ -705,11 +705,11 @@ def probe(body: nn.Module, label: str, limit: int = MAX_PROBE_SIZE) -> tuple[tup
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
-    def attempt(size: int):
+    def attempt(size: int, batch: int = PROBE_BATCH):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out = body(torch.zeros(PROBE_BATCH, 3, size, size, device=device, dtype=dtype))
+                out = body(torch.zeros(batch, 3, size, size, device=device, dtype=dtype))
         except ConfigError:
             raise
         except Exception as err:
@@ -738,6 +738,10 @@ def probe(body: nn.Module, label: str, limit: int = MAX_PROBE_SIZE) -> tuple[tup
                 high = middle
             else:
                 low = middle
+        single, err = attempt(high, batch=1)  # a map that squeezes the batch away shows only on one image
+        if single is None:
+            raise ConfigError(f"backbone {label} fails on a single image of {high}x{high} pixels ({_line(err)})")
+        _check_output(single, label, batch=1)
         return channels, high
     finally:
         body.train(was_training)

@@ -149,6 +149,7 @@ def _parser_class():
     return OneLineErrors
 
 
+@functools.cache
 def _cli_class():
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
     from pytorch_lightning.cli import LightningCLI
@@ -422,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from .runs import print_error_once
 
+        _end_progress_line()
         print_error_once(str(err).strip().splitlines()[0])  # Lightning's own one-sentence refusals
         return 2
 

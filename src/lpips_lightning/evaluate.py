@@ -231,11 +231,11 @@ def evaluate(
             score = scorer(model, dev)
             for group, ds in sets.items():
                 d = distances(score, ds, batch_size, dev, bar)
-                bad = sum(int(np.isnan(v).sum()) for k, v in d.items() if k in ("d", "d0", "d1"))
+                bad = sum(int((~np.isfinite(v)).sum()) for k, v in d.items() if k in ("d", "d0", "d1"))
                 if bad:
                     raise LPIPSLightningError(
-                        f"model {name} gives NaN distances ({bad} in group {group}): its weights or its "
-                        "backbone are broken; nothing is scored"
+                        f"model {name} gives NaN or infinite distances ({bad} in group {group}): its weights or "
+                        "its backbone are broken; nothing is scored"
                     )
                 target = ds.targets.double()
                 if "d0" in d:

@@ -162,10 +162,10 @@ def load(path: str | os.PathLike, backbone: str | None = None, version: str = "0
     check_readable(path, "model", ExportError)  # before Path(): Path("") is the current folder
     path = Path(path)
     kind = sniff(path)
-    if path.suffix.lower() == ".onnx" or kind == "onnx":
-        return _parts().OnnxMetric(path).eval()
-    if kind == "safetensors" or path.suffix.lower() == ".safetensors":
+    if kind == "safetensors" or (kind != "onnx" and path.suffix.lower() == ".safetensors"):
         return _load_safetensors(path)
+    if kind == "onnx" or path.suffix.lower() == ".onnx":
+        return _parts().OnnxMetric(path).eval()
     if kind == "torchscript":
         return _load_torchscript(path)
     obj = load_torch_file(path, "model", ExportError)

@@ -13,6 +13,7 @@ half-written file under the real name:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -83,6 +84,8 @@ def check_output(
     for source in inputs:
         if os.path.abspath(source) == absolute or (target is not None and _identity(source) == target):
             raise OutputError(f"{path} is also an input of this command; write the {what} to another name")
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{path} is a link to {os.readlink(path)}, which does not exist; remove the link first")
     if path.exists() and not path.is_file():
         raise OutputError(f"{path} is not a regular file (a device, pipe or socket); write the {what} elsewhere")
     if path.exists() and not overwrite:
@@ -111,11 +114,12 @@ def atomic_output(
     try:
         try:
             yield tmp
-            _publish(tmp, path, overwrite)
-        except FileExistsError:
-            raise OutputError(
-                f"{path} was created by another process while this one wrote it; pass --overwrite to replace it"
-            ) from None
+            try:
+                _publish(tmp, path, overwrite)
+            except FileExistsError:
+                raise OutputError(
+                    f"{path} was created by another process while this one wrote it; pass --overwrite to replace it"
+                ) from None
         except OSError as err:
             raise OutputError(f"{path}: cannot write the {what} ({err.strerror or type(err).__name__})") from None
     finally:
@@ -157,7 +161,10 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
     refused rather than silently replaced. The file gets the usual mode for a new file (some
     writers create theirs private).
     """
-    os.chmod(tmp, _creation_mode())
+    wanted = _creation_mode()
+    if os.stat(tmp).st_mode & 0o777 != wanted:
+        with contextlib.suppress(OSError):  # FAT and exFAT drives refuse modes: the file is complete anyway
+            os.chmod(tmp, wanted)
     if overwrite:
         os.replace(tmp, path)
         return

@@ -335,6 +335,22 @@ def plan_bapps(root: Path) -> list[GroupPlan]:
     return plans
 
 
+def _unclosed_quote(text: str) -> int | None:
+    """The line where a quoted field starts that the text never closes, or None.
+
+    Python's lenient reader would take the rest of the file into that field; its strict one
+    also refuses harmless things (``"a b.png" ,x.png``), so only its end-of-data error counts.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    done = 0  # the last line of the last complete row
+    try:
+        for _ in reader:
+            done = reader.line_num
+    except csv.Error as err:
+        return done + 1 if "unexpected end of data" in str(err) else None
+    return None
+
+
 def _csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header (names stripped, lower case) and the non-blank rows with their line numbers."""
     data = path.read_bytes()
@@ -348,13 +364,14 @@ def _csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise PackError(
             f"{path} line {line}: byte 0x{data[offset]:02x} is not UTF-8 text; save the CSV as UTF-8 (Excel: CSV UTF-8)"
         ) from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    unclosed = _unclosed_quote(text)
+    if unclosed is not None:
+        raise PackError(f'{path} line {unclosed}: a field opens a quote (") that is never closed')
+    reader = csv.reader(io.StringIO(text, newline=""))
     records: list[tuple[int, list[str]]] = []
     header: list[str] | None = None
-    done = 0  # the last line of the last complete row
     try:
         for row in reader:
-            done = reader.line_num
             if not any(v.strip() for v in row):
                 continue  # blank line
             if header is None:
@@ -362,8 +379,6 @@ def _csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             else:
                 records.append((reader.line_num, [v.strip() for v in row]))
     except csv.Error as err:
-        if "unexpected end of data" in str(err):
-            raise PackError(f'{path} line {done + 1}: a field opens a quote (") that is never closed') from None
         raise PackError(f"{path} line {reader.line_num}: not readable as CSV ({err})") from None
     if header is None:
         raise PackError(f"{path}: empty file; a 2AFC CSV needs the header ref,p0,p1,judge, a JND CSV p0,p1,same")

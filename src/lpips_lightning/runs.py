@@ -86,7 +86,24 @@ CLAIM = ".lpips-lightning-run"  # created exclusively in a named run folder: two
 
 
 def _taken(folder: Path, ignore: str | None = None) -> bool:
-    return folder.exists() and (not folder.is_dir() or any(e.name != ignore for e in folder.iterdir()))
+    """Whether `folder` holds a run: anything in it but `ignore`, or a claim whose process is gone."""
+    if not folder.exists():
+        return False
+    if not folder.is_dir():
+        return True
+    entries = [e for e in folder.iterdir() if e.name != ignore]
+    if [e.name for e in entries] == [CLAIM] and not _claim_alive(entries[0]):
+        return False  # claimed by a run killed before it wrote anything (SIGKILL, power loss)
+    return bool(entries)
+
+
+def _claim_alive(claim: Path) -> bool:
+    from .outputs import _pid_alive
+
+    try:
+        return _pid_alive(int(claim.read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def check_checkpoint(ckpt: str) -> tuple[dict, dict]:
@@ -268,9 +285,14 @@ class RunFolder:
             try:
                 path.mkdir(parents=True, exist_ok=self.explicit)
                 if self.explicit:  # the name may be an empty folder: claim it, or find another run did
-                    os.close(os.open(path / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    claim = path / CLAIM
+                    if claim.exists() and not _taken(path):  # a dead run's claim, nothing else: free
+                        claim.unlink(missing_ok=True)
+                    fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    with os.fdopen(fd, "w") as fh:
+                        fh.write(f"{os.getpid()}\n")
                     if _taken(path, ignore=CLAIM):
-                        (path / CLAIM).unlink()
+                        claim.unlink()
                         raise FileExistsError
                 break
             except FileExistsError:

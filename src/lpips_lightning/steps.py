@@ -304,24 +304,26 @@ class Steps:
         convolutions prepacked for oneDNN (`prepacked_copy`) where it computes the same taps to
         float rounding and runs faster. Like cuDNN's benchmark mode, that choice is made by timing,
         so two seeded runs may differ by rounding: ``trainer.deterministic: true`` keeps the plain
-        network, and a resumed run keeps the choice its checkpoint records.
+        network. A resumed run keeps the choice its checkpoint records (under ``deterministic``
+        too: it continues the run exactly); a run where the choice does not arise records none.
         """
         net = self.lpips.net
         device = x.device.type
         autocast = torch.is_autocast_enabled(device)
         if self.module.variant != "lin" or net.lora_rank or not (autocast or device == "cpu"):
+            self.prepack = None  # e.g. a CPU run resumed on a GPU
             return net, x
         dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
         if self._frozen is None or self._frozen[0] != dtype:
             if autocast:
-                copied = copy.deepcopy(net).to(dtype).requires_grad_(False).train(net.training)
+                copied, self.prepack = copy.deepcopy(net).to(dtype).requires_grad_(False).train(net.training), None
             elif self.loss_fn == self.loss:
                 if self.prepack is None and torch.are_deterministic_algorithms_enabled():
                     self.prepack = False
                 copied = net if self.prepack is False else prepacked_copy(net, x, timed=self.prepack is None)
                 self.prepack = copied is not net
             else:  # a compiled step takes the plain backbone (the compiler cannot trace oneDNN's prepacked one)
-                copied = net
+                copied, self.prepack = net, None
             self._frozen = (dtype, copied)
             self.frozen_dtype = dtype
             self.prepacked = copied is not net and not autocast

@@ -77,13 +77,18 @@ def sniff(path: str | os.PathLike) -> str:
         if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
             return "torch zip"
         return "zip"
-    if len(head) >= 2 and head[0] == 0x08 and 0 < head[1] < 0x80:  # protobuf field 1 (ir_version), small
-        return "onnx"
     if len(head) >= 9:
         (length,) = struct.unpack("<Q", head[:8])
         if head[8:9] == b"{" and 0 < length <= path.stat().st_size - 8:
             return "safetensors"
+    # an ONNX ModelProto: field 1 (ir_version, a small varint), then another of its fields
+    # (producer_name 0x12, producer_version 0x1a, domain 0x22, model_version 0x28, doc 0x32, graph 0x3a, opset 0x42)
+    if len(head) >= 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in ONNX_SECOND_FIELDS:
+        return "onnx"
     return "other"
+
+
+ONNX_SECOND_FIELDS = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42})
 
 
 def load_torch_file(path: str | os.PathLike, what: str, error: type[Exception] = WeightsError) -> object:
