@@ -125,7 +125,10 @@ def test_deterministic_runs_take_the_plain_backbone_without_timing(bapps_h5, tmp
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setattr(steps, "runs_faster", timed)
     args = ["--trainer.max_epochs", "1", "--trainer.deterministic", "true", "--run_name", "d"]
-    assert main(_fit_args(tmp_path, bapps_h5, *args)) == 0
+    try:
+        assert main(_fit_args(tmp_path, bapps_h5, *args)) == 0
+    finally:  # Lightning turns torch's global switch on and leaves it on: later tests would see it
+        torch.use_deterministic_algorithms(False)
     assert torch.load(tmp_path / "runs/d/last.ckpt", weights_only=True)["lpips_lightning_prepacked"] is False
 
 
