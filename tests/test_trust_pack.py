@@ -874,3 +874,12 @@ def test_a_space_after_a_quoted_field_still_parses(tmp_path):
     out = pack(path, tmp_path / "o.h5", size=8, workers=1, progress=False)
     with judgments.open_file(out) as f:
         np.testing.assert_allclose(f["2afc/train/mine"]["judge"][()], [0.25])
+
+
+def test_a_broken_link_in_a_bapps_folder_is_named_as_such(tmp_path, capfd):
+    make_bapps(tmp_path / "b", n=2, jnd=False)
+    image = tmp_path / "b" / "2afc/val/cnn/p1/000001.png"
+    image.unlink()
+    image.symlink_to(tmp_path / "moved.png")
+    line = assert_refused(["pack", str(tmp_path / "b"), str(tmp_path / "o.h5"), "--quiet"], capfd, tmp_path)
+    assert f"{image}: a link to {tmp_path / 'moved.png'}, which does not exist" in line

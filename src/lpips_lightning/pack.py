@@ -270,6 +270,8 @@ class GroupPlan:
 def _stems(folder: Path, extensions: set[str]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for entry in sorted(folder.iterdir()):
+        if entry.suffix.lower() in extensions and entry.is_symlink() and not entry.exists():
+            raise PackError(f"{entry}: a link to {os.readlink(entry)}, which does not exist")
         if entry.suffix.lower() in extensions and entry.is_file():
             if entry.stem in found:
                 raise PackError(
