@@ -321,3 +321,66 @@ def test_existing_archive_of_another_size_is_refused(mirror, tmp_path, capfd):
         ["download", "bapps", str(out_dir), "--parts", "jnd", "--base-url", mirror.url, "--quiet"], capfd, out_dir
     )
     assert "jnd.tar.gz is 10 bytes" in line and "--force" in line
+
+
+def test_a_refused_second_download_leaves_the_first_ones_part_alone(mirror, tmp_path, capfd):
+    """The first download holds the lock on a still empty .part (its server has not answered yet):
+    the refused second one must not remove it on its way out."""
+    import fcntl
+
+    out_dir = tmp_path / "bapps"
+    out_dir.mkdir()
+    part = part_of(out_dir, "jnd.tar.gz")
+    with open(part, "ab") as first:
+        fcntl.flock(first.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        status, _, err = run(["bapps", str(out_dir), "--parts", "jnd", "--base-url", mirror.url, "--quiet"], capfd)
+        assert status == 2 and f"another download is writing {part}" in err
+        assert part.is_file()
+    # once the first has let go, an empty .part is this run's to use
+    status, _, err = run(["bapps", str(out_dir), "--parts", "jnd", "--base-url", mirror.url, "--quiet"], capfd)
+    assert status == 0, err
+    assert (out_dir / "jnd.tar.gz").is_file() and not part.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--base-url", "http://[::1/"], ["--base-url http://[::1/: not a valid URL"]),
+        (["--timeout", "inf"], ["--timeout inf", "from 0 to 86400"]),
+        (["--timeout", "nan"], ["--timeout nan"]),
+    ],
+)
+def test_bad_urls_and_timeouts_are_one_line(extra, words, tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = assert_refused(["download", "bapps", "D", "--parts", "jnd", *extra], capfd, tmp_path)
+    assert all(w in line for w in words), line
+    assert not (tmp_path / "D").exists()
+
+
+def test_a_redirect_loop_is_one_line_and_leaves_no_folder(tmp_path, capfd):
+    import http.server
+    import threading
+
+    class Loop(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loop)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        line = assert_refused(
+            ["download", "bapps", str(tmp_path / "new" / "D"), "--parts", "jnd", "--base-url", url, "--quiet"],
+            capfd,
+            tmp_path,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "redirects go round in a loop" in line
+    assert not (tmp_path / "new").exists()  # the folders it made for nothing are gone

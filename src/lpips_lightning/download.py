@@ -36,6 +36,7 @@ Only the standard library speaks HTTP (`urllib.request`); proxies follow the usu
 from __future__ import annotations
 
 import errno
+import contextlib
 import http.client
 import os
 import shlex
@@ -73,11 +74,17 @@ class DownloadInterrupted(Interrupted):
 
 
 # --- URLs ----------------------------------------------------------------------------------------
+MAX_TIMEOUT = 86400.0  # seconds without data before a download gives up, at most
+
+
 def normalize_base_url(base: str) -> str:
     """``http(s)://`` or ``file://`` URL of a folder, ending in ``/``; a plain local path becomes ``file://``."""
     if "://" not in base:
         return Path(base).expanduser().resolve().as_uri().rstrip("/") + "/"
-    scheme = urllib.parse.urlsplit(base).scheme.lower()
+    try:
+        scheme = urllib.parse.urlsplit(base).scheme.lower()
+    except ValueError as err:  # e.g. "http://[::1/": an unclosed IPv6 bracket
+        raise DownloadError(f"--base-url {base}: not a valid URL ({err})") from None
     if scheme not in ("http", "https", "file"):
         raise DownloadError(f"--base-url {base}: use an http://, https:// or file:// URL, or a local folder")
     return base.rstrip("/") + "/"
@@ -134,7 +141,10 @@ def _request(url: str, timeout: float, method: str = "GET", offset: int = 0):
             return err
         err.close()
         hint = "; check --base-url" if err.code in (403, 404, 410) else ""
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}{hint}") from None
+        if 300 <= err.code < 400:  # urllib gave up following redirects (a loop, or too many)
+            raise DownloadError(f"{url}: HTTP {err.code}: the server's redirects go round in a loop or never end")
+        reason = " ".join(str(err.reason).split())
+        raise DownloadError(f"{url}: HTTP {err.code} {reason}{hint}") from None
     except urllib.error.URLError as err:
         raise _unreachable(url, err.reason, timeout) from None
     except TimeoutError as err:
@@ -290,35 +300,43 @@ def fetch(
             raise OutputError(f"cannot write {part} ({err.strerror or err!r})") from None
         with fh:  # locked until the archive is checked and renamed
             _lock(fh, part)
-            if force:
-                fh.truncate(0)
-            _receive_into(fh, url, part, timeout, progress)
             try:
-                os.fsync(fh.fileno())
-            except OSError as err:
-                raise _write_failed(err, part) from None
-            try:
-                members = check_archive(part, progress, what="the downloaded file")
-            except DownloadError as err:
-                part.unlink(missing_ok=True)
-                raise DownloadError(
-                    f"{url}: {err}; deleted it, run the same command again to fetch it fresh "
-                    "(or pass --base-url with another mirror if it stays damaged)"
-                ) from None
-            try:
-                os.replace(part, target)
-            except OSError as err:
-                raise OutputError(f"cannot rename {part} to {target} ({err.strerror or err!r})") from None
+                members = _download_locked(fh, url, part, target, force, timeout, progress)
+            finally:  # an empty .part is removed only under its lock: a refused second download leaves it
+                if part.is_file() and part.stat().st_size == 0:
+                    part.unlink(missing_ok=True)
     except KeyboardInterrupt:
-        kept = part.stat().st_size if part.exists() else 0
-        raise DownloadInterrupted(
-            f"interrupted: {_size(kept)} of {name} kept in {part}; run the same command again to resume"
-        ) from None
-    finally:
-        if part.is_file() and part.stat().st_size == 0:
-            part.unlink(missing_ok=True)
+        kept = part.stat().st_size if part.is_file() else 0
+        where = f"{_size(kept)} of {name} kept in {part}" if kept else f"nothing of {name} had arrived"
+        raise DownloadInterrupted(f"interrupted: {where}; run the same command again to resume") from None
     print(f"{name}: {_size(target.stat().st_size)}, {members} entries, saved as {target}")
     return target
+
+
+def _download_locked(
+    fh: BinaryIO, url: str, part: Path, target: Path, force: bool, timeout: float, progress: bool
+) -> int:
+    """Under `part`'s lock: receive into it, check the archive, give it its name; return its entry count."""
+    if force:
+        fh.truncate(0)
+    _receive_into(fh, url, part, timeout, progress)
+    try:
+        os.fsync(fh.fileno())
+    except OSError as err:
+        raise _write_failed(err, part) from None
+    try:
+        members = check_archive(part, progress, what="the downloaded file")
+    except DownloadError as err:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{url}: {err}; deleted it, run the same command again to fetch it fresh "
+            "(or pass --base-url with another mirror if it stays damaged)"
+        ) from None
+    try:
+        os.replace(part, target)
+    except OSError as err:
+        raise OutputError(f"cannot rename {part} to {target} ({err.strerror or err!r})") from None
+    return members
 
 
 def _report_existing(url: str, target: Path, timeout: float) -> None:
@@ -431,11 +449,18 @@ def download(
     parts = list(dict.fromkeys(parts or table))
     for part in parts:
         check_choice("part", part, list(table))
-    if not timeout > 0:
-        raise DownloadError(f"--timeout {timeout}: give a positive number of seconds")
+    if not 0 < timeout <= MAX_TIMEOUT:  # NaN fails too; beyond a day the socket's deadline overflows
+        raise DownloadError(f"--timeout {timeout}: give a number of seconds from 0 to {MAX_TIMEOUT:g}")
     base_url = normalize_base_url(base_url)
+    made = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]  # deepest first
     folder = prepare_folder(folder)
-    return {part: fetch(base_url + table[part], folder / table[part], force, timeout, progress) for part in parts}
+    try:
+        return {part: fetch(base_url + table[part], folder / table[part], force, timeout, progress) for part in parts}
+    except BaseException:  # a download that got nothing leaves no empty folder behind (a kept .part stays)
+        for created in made:
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise
 
 
 def main(argv: Sequence[str]) -> int:
