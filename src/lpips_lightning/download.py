@@ -35,8 +35,8 @@ Only the standard library speaks HTTP (`urllib.request`); proxies follow the usu
 
 from __future__ import annotations
 
-import errno
 import contextlib
+import errno
 import http.client
 import os
 import shlex
@@ -142,7 +142,9 @@ def _request(url: str, timeout: float, method: str = "GET", offset: int = 0):
         err.close()
         hint = "; check --base-url" if err.code in (403, 404, 410) else ""
         if 300 <= err.code < 400:  # urllib gave up following redirects (a loop, or too many)
-            raise DownloadError(f"{url}: HTTP {err.code}: the server's redirects go round in a loop or never end")
+            raise DownloadError(
+                f"{url}: HTTP {err.code}: the server's redirects go round in a loop or never end"
+            ) from None
         reason = " ".join(str(err.reason).split())
         raise DownloadError(f"{url}: HTTP {err.code} {reason}{hint}") from None
     except urllib.error.URLError as err:
