@@ -127,7 +127,7 @@ class Runner:
         cmd = [str(c) for c in cmd]
         log = self.log_path(step)
         tail = b""
-        with open(log, "ab") as fh:
+        with open(log, "ab", buffering=0) as fh:  # unbuffered: `tail -f` on the log keeps up
             fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n".encode())
             fh.flush()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
@@ -229,7 +229,7 @@ def _read_json(path: Path) -> dict | None:
 
 # --- steps 1-2: data -----------------------------------------------------------------------------
 def packed_ok(h5: Path) -> bool:
-    """Whether `h5` opens as a judgments file holding 2AFC train and val groups."""
+    """Whether `h5` opens as a judgments file holding 2AFC train and val groups and JND val groups."""
     if not h5.is_file():
         return False
     from lpips_lightning import judgments
@@ -240,7 +240,7 @@ def packed_ok(h5: Path) -> bool:
             names = list(judgments.groups(f))
     except (LPIPSLightningError, OSError):
         return False
-    return any(n.startswith("2afc/train/") for n in names) and any(n.startswith("2afc/val/") for n in names)
+    return all(any(n.startswith(prefix) for n in names) for prefix in ("2afc/train/", "2afc/val/", "jnd/val/"))
 
 
 def pack_step(runner: Runner, data_dir: Path, h5: Path) -> None:
@@ -499,7 +499,12 @@ def _lock(folder: Path, what: str):
     """Hold ``FOLDER/.reproduce.lock`` for this process: two runs must not move or resume each other's runs."""
     import fcntl
 
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise ReproduceError(f"{what} {folder} is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReproduceError(f"{what} {folder}: cannot create the folder ({err.strerror or err!r})") from None
     fh = open(folder / ".reproduce.lock", "w")  # noqa: SIM115 (held until the process ends)
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -517,9 +522,11 @@ def reproduce(args: argparse.Namespace) -> Path:
     h5 = Path(args.h5).resolve() if args.h5 else data_dir / "bapps.h5"
     runs_dir = Path(args.runs_dir).resolve()
     configs = [resolve_config(c) for c in dict.fromkeys(args.configs)]
-    owned = [a for a in args.extra if a.split("=", 1)[0] in ("--run_name", "--runs_dir", "--ckpt_path")]
+    owned = [a for a in args.extra if a.split("=", 1)[0] in ("--run_name", "--runs_dir", "--ckpt_path", "--data.path")]
     if owned:
-        raise ReproduceError(f"--extra {owned[0]}: the script sets the run name, runs folder and resume itself")
+        raise ReproduceError(
+            f"--extra {owned[0]}: the script sets the data file (--h5), run name, runs folder and resume itself"
+        )
     locks = [_lock(out, "--out"), _lock(runs_dir, "--runs-dir")]  # noqa: F841 (held while running)
     runner = Runner(out)
     runner.say(f"{len(configs)} configuration(s): {' '.join(c.name for c in configs)}; out {out}")

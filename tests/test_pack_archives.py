@@ -262,6 +262,13 @@ def _partial(mirror: dict, folder: Path) -> Path:
     return folder
 
 
+def _partial_beside(mirror: dict, folder: Path) -> Path:
+    """val and jnd downloaded, train still a .part: packing the two would leave training data out."""
+    _copy(mirror, folder, "val", "jnd")
+    (folder / f".{TRAIN}.part").write_bytes(b"\x1f\x8b half")
+    return folder
+
+
 _LINK = "val/cnn/ref/000001.png"
 BAD = {
     "truncated": (lambda m, f: _cut(m, f, lambda n: n // 2), f"{TRAIN}: damaged or cut short after member train/"),
@@ -350,6 +357,10 @@ BAD = {
     ),
     "tree-and-archives": (_both, "holds both an unpacked BAPPS tree (2afc/) and archives (twoafc_val.tar.gz)"),
     "partial-download": (_partial, f"{TRAIN} is only partly downloaded (.{TRAIN}.part); run `lpips-lightning download"),
+    "partial beside complete archives": (
+        lambda m, f: _partial_beside(m, f),
+        f"{TRAIN} is only partly downloaded (.{TRAIN}.part); run `lpips-lightning download",
+    ),
 }
 FOLDERS_2AFC = ("ref", "p0", "p1", "judge")
 

@@ -208,6 +208,33 @@ def test_fit_options_the_script_owns_are_refused(tmp_path, capsys):
     assert "--extra --run_name: the script sets" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--out", "--runs-dir"])
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, capsys, option):
+    (tmp_path / "f").write_text("x")
+    argv = ["--out", str(tmp_path / "o"), "--runs-dir", str(tmp_path / "r"), option, str(tmp_path / "f")]
+    assert rp.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {option} {tmp_path / 'f'} is a file; give a folder" in err
+
+
+def test_the_data_file_is_the_scripts_to_set(tmp_path, capsys):
+    argv = ["--out", str(tmp_path / "o"), "--runs-dir", str(tmp_path / "r"), "--extra", "--data.path=other.h5"]
+    assert rp.main(argv) == 2
+    assert "--extra --data.path=other.h5: the script sets the data file (--h5)" in capsys.readouterr().err
+
+
+def test_a_packed_file_without_jnd_groups_is_packed_again(tmp_path):
+    """After `download --parts train val`, bapps.h5 has no JND groups: every fit's validation would fail."""
+    from conftest import make_bapps
+
+    from lpips_lightning.pack import pack
+
+    make_bapps(tmp_path / "b", n=2, jnd=False)
+    assert not rp.packed_ok(pack(tmp_path / "b", tmp_path / "2afc_only.h5", size=8, workers=1, progress=False))
+    make_bapps(tmp_path / "c", n=2)
+    assert rp.packed_ok(pack(tmp_path / "c", tmp_path / "all.h5", size=8, workers=1, progress=False))
+
+
 def test_a_second_run_on_the_same_folders_is_refused(tmp_path, capsys):
     held = rp._lock(tmp_path / "runs", "--runs-dir")
     try:

@@ -986,8 +986,12 @@ def plan_source(source: str | os.PathLike, group: str | None = None, progress: b
                 if group:
                     raise PackError(f"{source}: --group applies to a CSV source; BAPPS subsets keep their own names")
                 return plan_bapps(source)
-            partial = [name for name in bapps_archives() if (source / f".{name}.part").is_file()]
-            if not archives and partial:
+            partial = [
+                name
+                for name in bapps_archives()
+                if (source / f".{name}.part").is_file() and not (source / name).is_file()
+            ]
+            if partial:  # packing the rest would quietly leave that part's groups out
                 raise PackError(
                     f"{source}: {partial[0]} is only partly downloaded (.{partial[0]}.part); run "
                     f"`lpips-lightning download bapps {source}` again to finish it"
