@@ -499,12 +499,12 @@ def _lock(folder: Path, what: str):
     """Hold ``FOLDER/.reproduce.lock`` for this process: two runs must not move or resume each other's runs."""
     import fcntl
 
-    if folder.exists() and not folder.is_dir():
-        raise ReproduceError(f"{what} {folder} is a file; give a folder")
+    from lpips_lightning.outputs import OutputError, make_folder
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ReproduceError(f"{what} {folder}: cannot create the folder ({err.strerror or err!r})") from None
+        make_folder(folder, what)
+    except OutputError as err:
+        raise ReproduceError(str(err)) from None
     fh = open(folder / ".reproduce.lock", "w")  # noqa: SIM115 (held until the process ends)
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

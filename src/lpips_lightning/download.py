@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import ArgumentParser, Interrupted, LPIPSLightningError, check_choice
-from .outputs import OutputError
+from .outputs import OutputError, make_folder
 
 DEFAULT_BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
 DATASETS: dict[str, dict[str, str]] = {
@@ -424,13 +424,7 @@ def _receive_into(fh: BinaryIO, url: str, part: Path, timeout: float, progress: 
 # --- the whole dataset ---------------------------------------------------------------------------
 def prepare_folder(folder: str | os.PathLike) -> Path:
     """Create `folder` if needed; refuse a file, or a folder that cannot be written, in one line."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder} is a file; give a folder to download the archives into")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create the folder {folder} ({err.strerror or err!r})") from None
+    folder = make_folder(folder, "DIR")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"folder {folder} is not writable; choose another DIR")
     return folder

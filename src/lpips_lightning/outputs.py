@@ -98,6 +98,18 @@ def check_output(
     return path
 
 
+def make_folder(folder: str | os.PathLike, what: str) -> Path:
+    """Create output folder `folder` (and its parents) if needed; refuse a file or a failure in one line."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder} is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{what} {folder}: cannot create the folder ({err.strerror or err!r})") from None
+    return folder
+
+
 @contextmanager
 def atomic_output(
     path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (), what: str = "output"
