@@ -229,10 +229,14 @@ class Steps:
         self.replays = 0
         self.cache_shape: tuple[int, ...] | None = None
         self.frozen_dtype: torch.dtype | None = None
-        self.prepacked = False  # whether the frozen backbone ran as its oneDNN-prepacked copy (CPU)
         # the choice of that copy: a resumed run's (from its checkpoint), else made by timing at the first batch
         self.prepack: bool | None = module.prepack
         self.log_every: int | None = None  # the Trainer's log_every_n_steps while batches take several steps
+
+    @property
+    def prepacked(self) -> bool:
+        """Whether this fit's frozen backbone ran as its oneDNN-prepacked copy (CPU); kept after `release`."""
+        return self.prepack is True and self.frozen_dtype is not None
 
     # --- set-up -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -326,7 +330,6 @@ class Steps:
                 copied, self.prepack = net, None
             self._frozen = (dtype, copied)
             self.frozen_dtype = dtype
-            self.prepacked = copied is not net and not autocast
         return self._frozen[1], x.to(dtype)
 
     # --- the computation ----------------------------------------------------------------------
