@@ -35,7 +35,6 @@ Only the standard library speaks HTTP (`urllib.request`); proxies follow the usu
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import http.client
 import os
@@ -51,7 +50,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import ArgumentParser, Interrupted, LPIPSLightningError, check_choice
-from .outputs import OutputError, make_folder
+from .outputs import OutputError, make_folder, removed_if_unused
 
 DEFAULT_BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
 DATASETS: dict[str, dict[str, str]] = {
@@ -448,15 +447,9 @@ def download(
     if not 0 < timeout <= MAX_TIMEOUT:  # NaN fails too; beyond a day the socket's deadline overflows
         raise DownloadError(f"--timeout {timeout}: give a number of seconds from 0 to {MAX_TIMEOUT:g}")
     base_url = normalize_base_url(base_url)
-    made = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]  # deepest first
-    folder = prepare_folder(folder)
-    try:
+    with removed_if_unused(folder):  # a download that got nothing leaves no new folder (a kept .part stays)
+        folder = prepare_folder(folder)
         return {part: fetch(base_url + table[part], folder / table[part], force, timeout, progress) for part in parts}
-    except BaseException:  # a download that got nothing leaves no empty folder behind (a kept .part stays)
-        for created in made:
-            with contextlib.suppress(OSError):
-                created.rmdir()
-        raise
 
 
 def main(argv: Sequence[str]) -> int:

@@ -405,25 +405,21 @@ def main(argv: Sequence[str]) -> int:
         for name in OUTPUT_FILES:  # never an input of this command, never a device or pipe
             if (out / name).exists() or out.is_dir():
                 check_output(out / name, overwrite=True, inputs=inputs, what="evaluation result")
-        made = [p for p in (out, *out.parents) if not p.exists()]  # removed again if the command fails
-        try:  # before any scoring: a folder that cannot be made fails now, not after an hour
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / f".write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
-        except OSError as err:
-            raise ConfigError(f"--out {out}: cannot write there ({err.strerror or type(err).__name__})") from None
-    else:
-        made = []
-    try:
+    from .outputs import removed_if_unused
+
+    # a refusal or an interrupt leaves no empty --out folder behind
+    with removed_if_unused(out) if out is not None else contextlib.nullcontext():
+        if out is not None:
+            try:  # before any scoring: a folder that cannot be made fails now, not after an hour
+                out.mkdir(parents=True, exist_ok=True)
+                probe = out / f".write-test-{os.getpid()}"
+                probe.touch()
+                probe.unlink()
+            except OSError as err:
+                raise ConfigError(f"--out {out}: cannot write there ({err.strerror or type(err).__name__})") from None
         pick_device(args.device)  # before any model is loaded
         models = {_label(spec, args.models): resolve_model(spec) for spec in args.models}
         result = evaluate(models, args.data, args.groups, args.batch_size, args.device, progress=not args.quiet)
-    except BaseException:  # a refusal or an interrupt leaves no empty --out folder behind
-        for folder in made:  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
     print(table(result["scores"], result["groups"]))
     if out is not None:
         for path in write_outputs(result, out):

@@ -111,6 +111,24 @@ def make_folder(folder: str | os.PathLike, what: str) -> Path:
 
 
 @contextmanager
+def removed_if_unused(folder: str | os.PathLike) -> Iterator[None]:
+    """The folders missing on the way to `folder` (it included) are removed again, if empty, when the block fails.
+
+    A refused or interrupted command leaves no empty output folder behind; one that kept
+    something there (a resumable download's ``.part``) keeps its folder.
+    """
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for created in made:
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise
+
+
+@contextmanager
 def atomic_output(
     path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (), what: str = "output"
 ) -> Iterator[Path]:
