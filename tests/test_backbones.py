@@ -370,7 +370,7 @@ BAD_SPECS = [
     (dict(backbone={"class_path": "no_such_package.Encoder"}), "no module 'no_such_package'"),
     (dict(backbone={"class_path": "lpips_lightning.examples.latent_encoder.Nope"}), "has no attribute 'Nope'"),
     (dict(backbone={"class_path": LATENT, "init_args": {"depth": 3}}), "failed: TypeError"),
-    (dict(backbone={"class_path": "collections.OrderedDict"}), "made a OrderedDict, not a torch.nn.Module"),
+    (dict(backbone={"class_path": "collections.OrderedDict"}), "names a type, not a torch.nn.Module subclass (nothing was called)"),
     (dict(backbone={"class_path": "test_backbones.ReturnsTensor"}), "returned a Tensor, not a list of (N, C, H, W)"),
     (dict(backbone={"class_path": "test_backbones.ReturnsTokens"}), "has shape (2, 1, 3), not (N, C, H, W)"),
     (dict(backbone={"class_path": "test_backbones.NoChannels"}), "feature map 0 has no channels (shape (2, 0, 1, 1))"),
@@ -453,7 +453,7 @@ def test_an_instance_trains_and_its_checkpoint_loads_with_weights_only(data, tmp
     trainer.fit(model, JudgmentsDataModule(str(data), batch_size=4))
     trainer.save_checkpoint(tmp_path / "i.ckpt")
     torch.load(tmp_path / "i.ckpt", weights_only=True)  # plain values only
-    rebuilt, hp, _ = model_from_checkpoint(tmp_path / "i.ckpt")
+    rebuilt, hp, _ = model_from_checkpoint(tmp_path / "i.ckpt", trust_code=True)
     u0, u1 = _pair(h=8, w=8)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(u0, u1), model.lpips.eval()(u0, u1))
@@ -478,7 +478,7 @@ def test_exports_of_a_size_bound_backbone_are_fixed_and_say_so(data, tmp_path):
     trainer.save_checkpoint(tmp_path / "s.ckpt")
     metric = model.lpips.eval()
     for suffix in (".pt", ".onnx"):
-        export(tmp_path / "s.ckpt", tmp_path / f"s{suffix}")
+        export(tmp_path / "s.ckpt", tmp_path / f"s{suffix}", trust_code=True)
         loaded = load(tmp_path / f"s{suffix}")
         assert loaded.fixed_size == (64, 64)
         u0, u1 = _pair(h=64, w=64)

@@ -7,11 +7,14 @@ Importing the package is cheap (the command line answers ``--help`` without torc
 from .errors import LPIPSLightningError
 
 
-def load(path, backbone=None, version="0.1"):
-    """Any trained metric (checkpoint, safetensors, lpips .pth, TorchScript, ONNX) as an eval-mode module."""
+def load(path, backbone=None, version="0.1", trust_code=False):
+    """Any trained metric (checkpoint, safetensors, lpips .pth, TorchScript, ONNX) as an eval-mode module.
+
+    A file whose backbone is custom code is refused unless ``trust_code=True``.
+    """
     from .export import load as _load
 
-    return _load(path, backbone, version)
+    return _load(path, backbone, version, trust_code)
 
 
 def __getattr__(name: str):

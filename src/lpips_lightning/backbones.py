@@ -625,11 +625,43 @@ def _custom_built(module: nn.Module, spec: dict) -> Built:
     return Built(module, spec, mean=mean, std=std)
 
 
+OWN_PACKAGE = "lpips_lightning"
+
+
+def require_trusted(spec: Any, trust_code: bool, source: str) -> None:
+    """Refuse a backbone spec read from a file when it names code from outside this package.
+
+    A file is data: building its backbone must not import and run code the user never chose.
+    A ``class_path`` outside ``lpips_lightning`` is refused unless the user trusts the file
+    (``trust_code=True``, ``--trust-code``); inside the package, only its own module classes pass.
+    """
+    if trust_code or not isinstance(spec, dict) or "class_path" not in spec:
+        return
+    path = spec["class_path"]
+    if isinstance(path, str) and path.startswith(OWN_PACKAGE + "."):
+        cls = import_object(path)
+        if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith(OWN_PACKAGE + "."):
+            return
+    raise ConfigError(
+        f"{source}: its backbone is custom code ({path!r}); building it would import and run that code. "
+        "If you trust this file, load it with trust_code=True (on the command line: --trust-code)"
+    )
+
+
+def module_class(path: str) -> type[nn.Module]:
+    """The `nn.Module` subclass a class_path names, found without calling anything."""
+    cls = import_object(path)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(
+            f"backbone class_path {path!r} names a {type(cls).__name__}, not a torch.nn.Module subclass "
+            "(nothing was called)"
+        )
+    return cls
+
+
 def _build_class_path(spec: dict, pretrained: bool, weights: str | os.PathLike | None) -> Built:
     path, init_args = spec["class_path"], spec["init_args"]
-    factory = import_object(path)
-    if not callable(factory):
-        raise ConfigError(f"backbone class_path {path!r} names a {type(factory).__name__}, not a class")
+    factory = module_class(path)
     try:
         module = factory(**init_args)
     except Exception as err:

@@ -45,6 +45,9 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--model", default=None, help="a checkpoint or export to use instead (see `export`)")
     p.add_argument("--backbone-weights", default=None, help="torchvision state dict file of the backbone")
     p.add_argument("--resize", type=_pixels, default=None, help="resize both images to N x N first")
+    p.add_argument(
+        "--trust-code", action="store_true", help="build a custom backbone (class_path) that --model names: runs its code"
+    )
     args = p.parse_args(argv)
 
     from .errors import check_choice
@@ -92,7 +95,7 @@ def main(argv: Sequence[str]) -> int:
     if args.model:
         from .export import load
 
-        model = load(args.model, backbone=args.backbone, version=args.version)
+        model = load(args.model, backbone=args.backbone, version=args.version, trust_code=args.trust_code)
         if args.backbone is not None and args.backbone != model.backbone_name:
             raise ConfigError(
                 f"--backbone {args.backbone} contradicts --model {args.model}, a metric over backbone "

@@ -67,7 +67,7 @@ def _function_module(fn, name: str) -> nn.Module:
     return Distance()
 
 
-def resolve_model(spec: str) -> nn.Module:
+def resolve_model(spec: str, trust_code: bool = False) -> nn.Module:
     """A model from a MODEL argument (see the module docstring)."""
     if spec == "l2":
         return _function_module(_l2, "L2Distance")
@@ -84,7 +84,7 @@ def resolve_model(spec: str) -> nn.Module:
         )
     from .export import load
 
-    return load(spec)
+    return load(spec, trust_code=trust_code)
 
 
 def distances(model: Callable, dataset: JudgmentsDataset, batch_size: int, device: torch.device, bar) -> dict:
@@ -389,6 +389,9 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--trust-code", action="store_true", help="build custom backbones (class_path) that model files name: runs their code"
+    )
     args = p.parse_args(argv)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -418,7 +421,7 @@ def main(argv: Sequence[str]) -> int:
             except OSError as err:
                 raise ConfigError(f"--out {out}: cannot write there ({err.strerror or type(err).__name__})") from None
         pick_device(args.device)  # before any model is loaded
-        models = {_label(spec, args.models): resolve_model(spec) for spec in args.models}
+        models = {_label(spec, args.models): resolve_model(spec, args.trust_code) for spec in args.models}
         result = evaluate(models, args.data, args.groups, args.batch_size, args.device, progress=not args.quiet)
     print(table(result["scores"], result["groups"]))
     if out is not None:

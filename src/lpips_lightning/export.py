@@ -46,6 +46,7 @@ FORMATS = {".pth": "lpips", ".safetensors": "safetensors", ".pt": "torchscript",
 METRIC_FORMAT = "lpips-lightning/metric"
 METRIC_FORMAT_VERSION = "1"
 TORCHSCRIPT_METADATA = "lpips-lightning.json"  # extra file inside a TorchScript export
+TRUST_HELP = "build a custom backbone (class_path) named by the file: this imports and runs its code"
 INPUTS = "images (N, 3, H, W): uint8 in [0, 255], floats in [-1, 1], or floats in [0, 1] with normalize=True"
 
 
@@ -67,12 +68,17 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tens
     return read(path, ExportError)
 
 
-def model_from_checkpoint(path: str | os.PathLike) -> tuple[LPIPS, dict, dict]:
-    """The trained metric of a checkpoint, in eval mode (no ImageNet weights needed)."""
+def model_from_checkpoint(path: str | os.PathLike, trust_code: bool = False) -> tuple[LPIPS, dict, dict]:
+    """The trained metric of a checkpoint, in eval mode (no ImageNet weights needed).
+
+    A custom backbone (``class_path`` outside this package) is built only with `trust_code`.
+    """
+    from .backbones import require_trusted
     from .lpips import LPIPS
 
     hp, weights, info = read_checkpoint(path)
     resolved = info.get("backbone")  # the spec the run resolved (default taps filled in), when saved
+    require_trusted(resolved or hp["backbone"], trust_code, str(path))
     model = LPIPS(
         resolved or hp["backbone"],
         hp.get("version", "0.1"),
@@ -147,7 +153,9 @@ def _metric_facts(meta: dict[str, str], source: str) -> dict[str, Any]:
     return {**facts, "spec": spec, "min_size": min_size, "fixed_size": fixed_size}
 
 
-def load(path: str | os.PathLike, backbone: str | None = None, version: str = "0.1") -> nn.Module:
+def load(
+    path: str | os.PathLike, backbone: str | None = None, version: str = "0.1", trust_code: bool = False
+) -> nn.Module:
     """Any trained metric as an `nn.Module` in eval mode with ``forward(x0, x1, normalize=False) -> (N,)``.
 
     `path`: a Lightning checkpoint (``.ckpt``), a safetensors export, an lpips-format ``.pth``
@@ -156,6 +164,8 @@ def load(path: str | os.PathLike, backbone: str | None = None, version: str = "0
     (uint8, [-1, 1] floats, or [0, 1] floats with ``normalize=True``) and gives the same
     distances; each has ``backbone_name``, ``min_size`` and ``check_size(height, width, where)``.
     Tensors are loaded with ``weights_only=True``; anything else is refused in one line.
+    A file whose backbone is custom code (a ``class_path`` outside this package) is refused
+    unless `trust_code` is true: building it would import and run that code.
     """
     from .weights import check_readable, load_torch_file, sniff
 
@@ -163,14 +173,14 @@ def load(path: str | os.PathLike, backbone: str | None = None, version: str = "0
     path = Path(path)
     kind = sniff(path)
     if kind == "safetensors" or (kind != "onnx" and path.suffix.lower() == ".safetensors"):
-        return _load_safetensors(path)
+        return _load_safetensors(path, trust_code)
     if kind == "onnx" or path.suffix.lower() == ".onnx":
         return _parts().OnnxMetric(path).eval()
     if kind == "torchscript":
         return _load_torchscript(path)
     obj = load_torch_file(path, "model", ExportError)
     if isinstance(obj, dict) and "state_dict" in obj and "hyper_parameters" in obj:
-        return model_from_checkpoint(path)[0]
+        return model_from_checkpoint(path, trust_code)[0]
     if isinstance(obj, dict) and any(str(k).startswith("lin0.") for k in obj):
         from .lpips import LPIPS
 
@@ -188,12 +198,14 @@ def _few_keys(d: dict, n: int = 4) -> str:
     return (", ".join(keys) or "none") + (" ..." if len(d) > n else "")
 
 
-def _load_safetensors(path: Path) -> LPIPS:
+def _load_safetensors(path: Path, trust_code: bool = False) -> LPIPS:
+    from .backbones import require_trusted
     from .lpips import LPIPS
     from .weights import read_safetensors
 
     tensors, meta = read_safetensors(path, ExportError, "model")
     facts = _metric_facts(meta, str(path))
+    require_trusted(facts["spec"], trust_code, str(path))
     heads = "random" if meta.get("heads", "learned") == "learned" else None
     model = LPIPS(facts["spec"], facts["version"], pretrained=False, heads=heads)
     _load_exact(model, tensors, str(path))
@@ -463,6 +475,7 @@ def export(
     fmt: str | None = None,
     overwrite: bool = False,
     size: int | None = None,
+    trust_code: bool = False,
 ) -> str:
     """Write checkpoint `ckpt` as `out` in format `fmt` (else from the extension); return how to load it.
 
@@ -515,7 +528,7 @@ def export(
             )
     if size is not None and size < 1:
         raise ConfigError(f"--size must be a positive number of pixels, got {size}")
-    model, hp, info = model_from_checkpoint(ckpt)
+    model, hp, info = model_from_checkpoint(ckpt, trust_code)
     if size is not None:
         model.check_size(size, size, "--size")
         model.export_size = size
@@ -701,8 +714,9 @@ def main(argv: Sequence[str]) -> int:
         help="image size the TorchScript/ONNX export is traced at (default 64); the export is fixed to it "
         "only where the backbone does not export for any size",
     )
+    p.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     args = p.parse_args(argv)
-    how = export(args.ckpt, args.out, args.format, args.overwrite, args.size)
+    how = export(args.ckpt, args.out, args.format, args.overwrite, args.size, args.trust_code)
     print(f"wrote {args.out}")
     print(f"load it with: {how}")
     if (args.format or FORMATS.get(Path(args.out).suffix.lower())) == "lpips":
