@@ -499,7 +499,8 @@ def _lock(folder: Path, what: str):
     """Hold ``FOLDER/.reproduce.lock`` for this process: two runs must not move or resume each other's runs."""
     import fcntl
 
-    from lpips_lightning.outputs import OutputError, make_folder
+    from lpips_lightning.errors import OutputError
+    from lpips_lightning.outputs import make_folder
 
     try:
         make_folder(folder, what)

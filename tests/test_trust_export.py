@@ -19,8 +19,8 @@ from PIL import Image
 
 from lpips_lightning import load
 from lpips_lightning.cli import main
-from lpips_lightning.errors import ConfigError
-from lpips_lightning.export import ExportError, export, model_from_checkpoint, read_checkpoint
+from lpips_lightning.errors import ConfigError, ExportError
+from lpips_lightning.export import export, model_from_checkpoint, read_checkpoint
 
 FORMATS = [".ckpt", ".pth", ".safetensors", ".pt", ".onnx"]
 MIN_ALEX = "smaller than the 31x31 minimum of backbone alex"

@@ -27,7 +27,7 @@ from PIL import Image
 from lpips_lightning import judgments
 from lpips_lightning import pack as pack_module
 from lpips_lightning.cli import main
-from lpips_lightning.errors import JudgmentsError, PackError
+from lpips_lightning.errors import JudgmentsError, OutputError, PackError
 from lpips_lightning.pack import Interrupted, load_image, pack
 
 CLI = [sys.executable, "-m", "lpips_lightning.cli"]
@@ -855,7 +855,7 @@ def test_outputs_on_a_file_system_without_hard_links_or_modes(tmp_path, monkeypa
     with outputs.atomic_output(tmp_path / "o.bin") as tmp:
         os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
     assert [p.name for p in tmp_path.iterdir()] == ["o.bin"]
-    with pytest.raises(outputs.OutputError, match="created by another process"):
+    with pytest.raises(OutputError, match="created by another process"):
         with outputs.atomic_output(tmp_path / "p.bin") as tmp:
             tmp.write_bytes(b"mine")
             (tmp_path / "p.bin").write_bytes(b"theirs")

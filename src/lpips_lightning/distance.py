@@ -46,7 +46,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--backbone-weights", default=None, help="torchvision state dict file of the backbone")
     p.add_argument("--resize", type=_pixels, default=None, help="resize both images to N x N first")
     p.add_argument(
-        "--trust-code", action="store_true", help="build a custom backbone (class_path) that --model names: runs its code"
+        "--trust-code", action="store_true", help="build a custom backbone that --model names (runs its code)"
     )
     args = p.parse_args(argv)
 

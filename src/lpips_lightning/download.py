@@ -39,7 +39,6 @@ import errno
 import http.client
 import os
 import shlex
-import signal
 import sys
 import urllib.error
 import urllib.parse
@@ -49,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ArgumentParser, Interrupted, LPIPSLightningError, check_choice
-from .outputs import OutputError, make_folder, removed_if_unused
+from .errors import ArgumentParser, DownloadError, DownloadInterrupted, OutputError, check_choice
+from .outputs import make_folder, removed_if_unused
 
 DEFAULT_BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
 DATASETS: dict[str, dict[str, str]] = {
@@ -59,17 +58,6 @@ DATASETS: dict[str, dict[str, str]] = {
 CHUNK = 1 << 20
 USER_AGENT = "lpips-lightning-download"
 MIRROR_HINT = "check the network connection, or pass --base-url with a mirror or a local copy (file:///path/)"
-
-
-class DownloadError(LPIPSLightningError):
-    """A download that failed: unreachable server, HTTP error, short or damaged archive."""
-
-
-class DownloadInterrupted(Interrupted):
-    """Ctrl-C during a download; its message says where the partial data was kept."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(signal.SIGINT, message)
 
 
 # --- URLs ----------------------------------------------------------------------------------------

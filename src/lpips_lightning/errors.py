@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -28,6 +29,18 @@ class PackError(LPIPSLightningError):
 
 class TrainingError(LPIPSLightningError):
     """A run that cannot go on, e.g. a loss that became NaN."""
+
+
+class OutputError(LPIPSLightningError):
+    """An output file that cannot or must not be written."""
+
+
+class ExportError(LPIPSLightningError):
+    """A checkpoint or export that cannot be read, or an output that cannot be written."""
+
+
+class DownloadError(LPIPSLightningError):
+    """A download that failed: unreachable server, HTTP error, short or damaged archive."""
 
 
 def message_of(err: LPIPSLightningError) -> str:
@@ -64,6 +77,13 @@ class Interrupted(KeyboardInterrupt):
 
     def __repr__(self) -> str:
         return f"Interrupted({self.signum})"
+
+
+class DownloadInterrupted(Interrupted):
+    """Ctrl-C during a download; its message says where the partial data was kept."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(signal.SIGINT, message)
 
 
 class ArgumentParser(argparse.ArgumentParser):

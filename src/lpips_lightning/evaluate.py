@@ -390,7 +390,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
-        "--trust-code", action="store_true", help="build custom backbones (class_path) that model files name: runs their code"
+        "--trust-code", action="store_true", help="build custom backbones that model files name (runs their code)"
     )
     args = p.parse_args(argv)
     if args.batch_size < 1:

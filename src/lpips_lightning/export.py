@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ArgumentParser, ConfigError, LPIPSLightningError, WeightsError
+from .errors import ArgumentParser, ConfigError, ExportError, LPIPSLightningError, WeightsError
 from .outputs import atomic_output, check_output
 
 if TYPE_CHECKING:
@@ -48,10 +48,6 @@ METRIC_FORMAT_VERSION = "1"
 TORCHSCRIPT_METADATA = "lpips-lightning.json"  # extra file inside a TorchScript export
 TRUST_HELP = "build a custom backbone (class_path) named by the file: this imports and runs its code"
 INPUTS = "images (N, 3, H, W): uint8 in [0, 255], floats in [-1, 1], or floats in [0, 1] with normalize=True"
-
-
-class ExportError(LPIPSLightningError):
-    """A checkpoint or export that cannot be read, or an output that cannot be written."""
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -21,11 +21,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import LPIPSLightningError
-
-
-class OutputError(LPIPSLightningError):
-    """An output file that cannot or must not be written."""
+from .errors import OutputError
 
 
 def temp_name(path: Path, pid: int | None = None) -> Path:
