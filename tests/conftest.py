@@ -238,7 +238,7 @@ def assert_refused(argv: list[str], capfd, *watch: Path, code: int = 2) -> str:
     its usage line before it), no traceback on either stream, and no file created, changed or
     removed under the `watch` folders (temporary files included).
     """
-    from lpips_lightning.cli import main
+    from lpips_lightning.cli.main import main
 
     before = snapshot(*watch)
     capfd.readouterr()

@@ -161,7 +161,7 @@ def test_distance_and_evaluate_take_any_backbone(trained, tmp_path, capsys, data
     import numpy as np
     from PIL import Image
 
-    from lpips_lightning.cli import main
+    from lpips_lightning.cli.main import main
 
     rng = np.random.default_rng(0)
     pngs = []

@@ -20,7 +20,7 @@ import torch
 from conftest import assert_refused, default_sigint, make_bapps, snapshot, training_args
 
 from lpips_lightning import judgments
-from lpips_lightning.cli import main
+from lpips_lightning.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,7 +268,7 @@ def test_evaluate_without_held_out_groups_scores_every_group(tmp_path, capfd):
 
 # --- the terminal, W&B and several processes ------------------------------------------------------
 def test_wandb_reachability_uses_the_port_of_the_base_url(monkeypatch):
-    from lpips_lightning.cli import _wandb_online
+    from lpips_lightning.cli.main import _wandb_online
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -287,7 +287,7 @@ def test_wandb_reachability_uses_the_port_of_the_base_url(monkeypatch):
 @pytest.mark.parametrize("tool", ["distance", "pack", "demo-data", "export", "evaluate", "download"])
 def test_tool_help_does_not_import_torch(tool):
     code = (
-        "import sys; from lpips_lightning.cli import main\n"
+        "import sys; from lpips_lightning.cli.main import main\n"
         f"try:\n    main([{tool!r}, '--help'])\nexcept SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'LIGHT')"
     )

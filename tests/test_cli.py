@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import training_args
 
-from lpips_lightning.cli import main
+from lpips_lightning.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))

@@ -14,7 +14,7 @@ from bapps_mirror import ARCHIVES, build_bapps_archives, serve
 from conftest import assert_refused
 
 from lpips_lightning import download as dl
-from lpips_lightning.cli import main
+from lpips_lightning.cli.main import main
 from lpips_lightning.outputs import remove_stale_temps
 
 

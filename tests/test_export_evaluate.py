@@ -13,7 +13,7 @@ from conftest import cpu_trainer
 from test_metrics import numpy_2afc, numpy_voc_ap
 
 from lpips_lightning import load
-from lpips_lightning.cli import main
+from lpips_lightning.cli.main import main
 from lpips_lightning.datamodules import JudgmentsDataModule
 from lpips_lightning.errors import LPIPSLightningError, WeightsError
 from lpips_lightning.export import export, load_into_torchmetrics, model_from_checkpoint

@@ -12,7 +12,7 @@ from conftest import make_bapps
 from PIL import Image
 
 from lpips_lightning import judgments
-from lpips_lightning.cli import main
+from lpips_lightning.cli.main import main
 from lpips_lightning.errors import JudgmentsError, PackError
 from lpips_lightning.pack import pack
 

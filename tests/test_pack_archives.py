@@ -91,7 +91,7 @@ def test_archives_pack_to_the_same_file_as_the_extracted_tree(tmp_path, mirror, 
     before = snapshot(source)
     pack(tree, tmp_path / "tree.h5", size=16, workers=2, progress=False)
     capfd.readouterr()
-    from lpips_lightning.cli import main
+    from lpips_lightning.cli.main import main
 
     assert main(["pack", str(source), str(tmp_path / "archives.h5"), "--size", "16", "--workers", "2"]) == 0
     err = capfd.readouterr().err

@@ -116,7 +116,7 @@ def test_bf16_run_matches_fp32_on_the_demo(tmp_path, monkeypatch):
     """Mixed precision must not change results: validation 2AFC within 0.5 points of fp32."""
     from pathlib import Path
 
-    from lpips_lightning.cli import main
+    from lpips_lightning.cli.main import main
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     config = Path(__file__).resolve().parents[1] / "configs/demo.yaml"

@@ -18,7 +18,7 @@ from conftest import assert_refused, cpu_trainer
 from PIL import Image
 
 from lpips_lightning import load
-from lpips_lightning.cli import main
+from lpips_lightning.cli.main import main
 from lpips_lightning.errors import ConfigError, ExportError
 from lpips_lightning.export import export, model_from_checkpoint, read_checkpoint
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from lpips_lightning import judgments
 from lpips_lightning import pack as pack_module
-from lpips_lightning.cli import main
+from lpips_lightning.cli.main import main
 from lpips_lightning.errors import JudgmentsError, OutputError, PackError
 from lpips_lightning.pack import Interrupted, load_image, pack
 
@@ -419,7 +419,7 @@ def test_disk_full_while_writing_leaves_nothing(tmp_path):
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
-        "from lpips_lightning.cli import main\n"
+        "from lpips_lightning.cli.main import main\n"
         f"sys.exit(main(['pack', {str(path)!r}, {str(tmp_path / 'o.h5')!r}, '--quiet', '--workers', '1',"
         " '--size', '64']))\n"
     )

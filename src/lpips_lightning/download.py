@@ -38,8 +38,6 @@ from __future__ import annotations
 import errno
 import http.client
 import os
-import shlex
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -48,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ArgumentParser, DownloadError, DownloadInterrupted, OutputError, check_choice
+from .errors import DownloadError, DownloadInterrupted, OutputError, check_choice
 from .outputs import make_folder, removed_if_unused
 
 DEFAULT_BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
@@ -438,35 +436,3 @@ def download(
     with removed_if_unused(folder):  # a download that got nothing leaves no new folder (a kept .part stays)
         folder = prepare_folder(folder)
         return {part: fetch(base_url + table[part], folder / table[part], force, timeout, progress) for part in parts}
-
-
-def main(argv: Sequence[str]) -> int:
-    """``lpips-lightning download``."""
-    p = ArgumentParser(
-        prog="lpips-lightning download",
-        description="Download the BAPPS archives into DIR (resumable; each archive checked before it is kept).",
-    )
-    p.add_argument("dataset", help="the dataset: bapps")
-    p.add_argument("folder", metavar="DIR", help="where the .tar.gz archives go (created if missing)")
-    p.add_argument(
-        "--parts", nargs="+", default=None, metavar="PART", help="which archives: train, val, jnd (default: all three)"
-    )
-    p.add_argument(
-        "--base-url",
-        default=DEFAULT_BASE_URL,
-        help=f"where the archives are: http(s)://, file:// or a local folder (default {DEFAULT_BASE_URL})",
-    )
-    p.add_argument("--force", action="store_true", help="fetch archives again even when DIR holds them")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before giving up (default 30)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    try:
-        saved = download(
-            args.dataset, args.folder, args.parts, args.base_url, args.force, args.timeout, progress=not args.quiet
-        )
-    except DownloadInterrupted as err:
-        print(str(err) or "interrupted", file=sys.stderr)
-        return 130
-    print(f"archives in {args.folder}: {', '.join(path.name for path in saved.values())}")
-    print(f"next: lpips-lightning pack {shlex.quote(str(args.folder))} bapps.h5")
-    return 0

@@ -9,7 +9,6 @@ MODEL: a checkpoint or any export (see `lpips_lightning.export`), ``official:ale
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -17,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ArgumentParser, ConfigError
+from .errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
     import numpy as np
@@ -367,64 +366,3 @@ def _plots(result: dict) -> dict:
     return writers
 
 
-def _label(spec: str, specs: Sequence[str]) -> str:
-    """A short column name: a file's name, unless two models share it."""
-    name = Path(spec).name if Path(spec).exists() else spec
-    return name if sum(Path(s).name == name for s in specs) <= 1 else spec
-
-
-def main(argv: Sequence[str]) -> int:
-    """``lpips-lightning evaluate``."""
-    p = ArgumentParser(prog="lpips-lightning evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "models",
-        nargs="+",
-        metavar="MODEL",
-        help="checkpoint, export, official:NET, baseline:NET, l2 or ssim (several: one column each)",
-    )
-    p.add_argument("--data", required=True, help="a judgments file (lpips-lightning pack / demo-data)")
-    p.add_argument("--groups", nargs="+", default=None, help="groups or globs (default: the val and test groups)")
-    p.add_argument("--out", default=None, help="folder for results.json/.csv, per-item distances and charts")
-    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--trust-code", action="store_true", help="build custom backbones that model files name (runs their code)"
-    )
-    args = p.parse_args(argv)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out}: is a file; give a folder for the results")
-        taken = [n for n in OUTPUT_FILES if (out / n).exists()]
-        if taken and not args.overwrite:
-            raise ConfigError(f"--out {out}: already holds {', '.join(taken)}; pass --overwrite or another folder")
-        from .outputs import check_output
-
-        inputs = [args.data, *(m for m in args.models if Path(m).exists())]
-        for name in OUTPUT_FILES:  # never an input of this command, never a device or pipe
-            if (out / name).exists() or out.is_dir():
-                check_output(out / name, overwrite=True, inputs=inputs, what="evaluation result")
-    from .outputs import removed_if_unused
-
-    # a refusal or an interrupt leaves no empty --out folder behind
-    with removed_if_unused(out) if out is not None else contextlib.nullcontext():
-        if out is not None:
-            try:  # before any scoring: a folder that cannot be made fails now, not after an hour
-                out.mkdir(parents=True, exist_ok=True)
-                probe = out / f".write-test-{os.getpid()}"
-                probe.touch()
-                probe.unlink()
-            except OSError as err:
-                raise ConfigError(f"--out {out}: cannot write there ({err.strerror or type(err).__name__})") from None
-        pick_device(args.device)  # before any model is loaded
-        models = {_label(spec, args.models): resolve_model(spec, args.trust_code) for spec in args.models}
-        result = evaluate(models, args.data, args.groups, args.batch_size, args.device, progress=not args.quiet)
-    print(table(result["scores"], result["groups"]))
-    if out is not None:
-        for path in write_outputs(result, out):
-            print(f"wrote {path}")
-    return 0

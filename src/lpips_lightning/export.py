@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ArgumentParser, ConfigError, ExportError, LPIPSLightningError, WeightsError
+from .errors import ConfigError, ExportError, LPIPSLightningError, WeightsError
 from .outputs import atomic_output, check_output
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ FORMATS = {".pth": "lpips", ".safetensors": "safetensors", ".pt": "torchscript",
 METRIC_FORMAT = "lpips-lightning/metric"
 METRIC_FORMAT_VERSION = "1"
 TORCHSCRIPT_METADATA = "lpips-lightning.json"  # extra file inside a TorchScript export
-TRUST_HELP = "build a custom backbone (class_path) named by the file: this imports and runs its code"
 INPUTS = "images (N, 3, H, W): uint8 in [0, 255], floats in [-1, 1], or floats in [0, 1] with normalize=True"
 
 
@@ -694,30 +693,3 @@ _WRITERS = {
     "torchscript": _write_torchscript,
     "onnx": _write_onnx,
 }
-
-
-def main(argv: Sequence[str]) -> int:
-    """``lpips-lightning export``."""
-    p = ArgumentParser(prog="lpips-lightning export", description="Export a trained metric.")
-    p.add_argument("ckpt", help="a checkpoint of `lpips-lightning fit`")
-    p.add_argument("out", help="output file: .pth (lpips), .safetensors, .pt (TorchScript) or .onnx")
-    p.add_argument("--format", choices=sorted(set(FORMATS.values())), default=None)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        help="image size the TorchScript/ONNX export is traced at (default 64); the export is fixed to it "
-        "only where the backbone does not export for any size",
-    )
-    p.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
-    args = p.parse_args(argv)
-    how = export(args.ckpt, args.out, args.format, args.overwrite, args.size, args.trust_code)
-    print(f"wrote {args.out}")
-    print(f"load it with: {how}")
-    if (args.format or FORMATS.get(Path(args.out).suffix.lower())) == "lpips":
-        print(
-            "torchmetrics: lpips_lightning.export.load_into_torchmetrics("
-            f"LearnedPerceptualImagePatchSimilarity(net_type=...), {args.out!r})"
-        )
-    return 0

@@ -66,7 +66,7 @@ import numpy as np
 from PIL import Image
 
 from . import judgments, outputs
-from .errors import ArgumentParser, Interrupted, LPIPSLightningError, PackError
+from .errors import Interrupted, LPIPSLightningError, PackError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 FOLDERS = {"2afc": ("ref", "p0", "p1", "judge"), "jnd": ("p0", "p1", "same")}
@@ -1384,32 +1384,3 @@ def _write_group(
         check()
         writer.fill(g, start, arrays)
         bar.update(len(items))
-
-
-def main(argv: Sequence[str]) -> int:
-    """``lpips-lightning pack``."""
-    p = ArgumentParser(
-        prog="lpips-lightning pack",
-        description="Pack BAPPS (folders or the downloaded archives) or a CSV of judgments into one judgments file "
-        "(HDF5).",
-    )
-    p.add_argument(
-        "source",
-        help="a BAPPS root (holding 2afc/ and/or jnd/), a folder of the downloaded BAPPS archives "
-        "(twoafc_train.tar.gz, twoafc_val.tar.gz, jnd.tar.gz: read as they are, nothing unpacked), one such "
-        ".tar.gz, or a CSV of judgments",
-    )
-    p.add_argument("out", help="the judgments file to write, e.g. bapps.h5")
-    p.add_argument("--size", type=int, default=64, help="resize images to SIZE x SIZE (default 64, PIL bilinear)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
-    p.add_argument("--group", default=None, help="group of a CSV source (default 2afc/train/<csv stem>)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    # Interrupted (SIGINT, SIGTERM) goes up to cli.main: "interrupted", exit status err.status
-    out = pack(args.source, args.out, args.size, args.workers, args.group, args.overwrite, progress=not args.quiet)
-    with judgments.open_file(out) as f:
-        for name in judgments.groups(f):
-            print(f"{name}: {f[name][judgments.TARGET[judgments.kind_of(name)]].shape[0]} items")
-    print(f"wrote {out}")
-    return 0

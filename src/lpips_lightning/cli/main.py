@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import ConfigError, LPIPSLightningError, message_of
+from ..errors import ConfigError, LPIPSLightningError, message_of
 
 HELP = """usage: lpips-lightning COMMAND [options]
 
@@ -76,8 +76,8 @@ def make_loggers(run_dir: Path, run_name: str, project: str, resume_step: int | 
     """
     from pytorch_lightning.loggers import WandbLogger
 
-    from .callbacks import ResumableCSVLogger
-    from .runs import global_rank_zero, rank_zero_print
+    from ..callbacks import ResumableCSVLogger
+    from ..runs import global_rank_zero, rank_zero_print
 
     loggers: list = [ResumableCSVLogger(save_dir=str(run_dir), name="", version="", keep_until_step=resume_step)]
     mode = os.environ.get("WANDB_MODE", "").lower()
@@ -141,7 +141,7 @@ def _parser_class():
             text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
             text = text if len(text) <= 400 else text[:400] + " ..."
             prog = self.prog.replace(" [options]", "")
-            from .runs import print_error_once
+            from ..runs import print_error_once
 
             print_error_once(f"{text} (options: {prog} --help)")
             raise SystemExit(2)
@@ -154,8 +154,8 @@ def _cli_class():
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
     from pytorch_lightning.cli import LightningCLI
 
-    from .callbacks import FitSummary, SubsetChart
-    from .runs import RunFolder, explicit_options
+    from ..callbacks import FitSummary, SubsetChart
+    from ..runs import RunFolder, explicit_options
 
     class LPIPSCLI(LightningCLI):
         """LightningCLI with run folders: checkpoints, logs, config and charts in runs_dir/<run_name>/."""
@@ -304,9 +304,9 @@ def _run_training(argv: Sequence[str], run: bool = True):
     # "Seed set to 0" would come before any one-line refusal; the seed is in the saved config anyway
     logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
 
-    from .callbacks import SaveConfig
-    from .datamodules import JudgmentsDataModule
-    from .module import LPIPSModule
+    from ..callbacks import SaveConfig
+    from ..datamodules import JudgmentsDataModule
+    from ..module import LPIPSModule
 
     # the run folder is new, or a resumed run's own (see `runs`): the logger and checkpoints may land in it
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
@@ -346,27 +346,29 @@ def _end_progress_line() -> None:
             continue
 
 
-def _tool(module: str, name: str = "main") -> Callable[[Sequence[str]], int]:
-    def run(argv: Sequence[str]) -> int:
-        import importlib
-
-        return getattr(importlib.import_module(f"lpips_lightning.{module}"), name)(argv)
-
-    return run
-
-
-TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
-    "distance": _tool("distance"),
-    "download": _tool("download"),
-    "pack": _tool("pack"),
-    "demo-data": _tool("datamodules.demo"),
-    "export": _tool("export"),
-    "evaluate": _tool("evaluate"),
+# The command table: the one lazy place, so that `--help` answers before torch is imported.
+COMMANDS = {
+    "distance": "lpips_lightning.cli.distance:distance_command",
+    "download": "lpips_lightning.cli.tools:download_command",
+    "pack": "lpips_lightning.cli.tools:pack_command",
+    "demo-data": "lpips_lightning.cli.tools:demo_data_command",
+    "export": "lpips_lightning.cli.tools:export_command",
+    "evaluate": "lpips_lightning.cli.tools:evaluate_command",
 }
 
 
+def _tool(name: str) -> Callable[[Sequence[str]], int]:
+    import importlib
+
+    module, function = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+TOOLS = COMMANDS
+
+
 def _raise_terminated(signum, frame) -> None:
-    from .errors import Interrupted
+    from ..errors import Interrupted
 
     raise Interrupted(signum)
 
@@ -403,14 +405,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             # SIGTERM (kill, a scheduler's time limit) cleans up like Ctrl-C; Lightning handles its own
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
             try:
-                return TOOLS[argv[0]](argv[1:])
+                return _tool(argv[0])(argv[1:])
             finally:
                 signal.signal(signal.SIGTERM, previous)
         _check_config_files(argv)
         run_training(argv)
         return 0
     except LPIPSLightningError as err:
-        from .runs import print_error_once
+        from ..runs import print_error_once
 
         _end_progress_line()
         print_error_once(message_of(err))
@@ -421,12 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if type(err).__name__ != "MisconfigurationException":
             raise
-        from .runs import print_error_once
+        from ..runs import print_error_once
 
         _end_progress_line()
         print_error_once(str(err).strip().splitlines()[0])  # Lightning's own one-sentence refusals
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from .. import judgments
-from ..errors import ArgumentParser, JudgmentsError
+from ..errors import JudgmentsError
 
 DEMO_VERSION = 1
 TRAIN_PHOTOS = (
@@ -179,25 +178,3 @@ def ensure_demo(seed: int = 0) -> Path:
             if not path.exists():  # another process may have built it meanwhile
                 raise
     return path
-
-
-def main(argv: Sequence[str]) -> int:
-    """``lpips-lightning demo-data``."""
-    p = ArgumentParser(
-        prog="lpips-lightning demo-data",
-        description="Build the demo judgments file (real photos, simulated observers).",
-    )
-    p.add_argument("out", help="the judgments file to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", type=int, default=4000, help="training triplets")
-    p.add_argument("--val", type=int, default=500, help="validation triplets per subset")
-    p.add_argument("--jnd", type=int, default=500, help="JND pairs")
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    for name, low, high in (("seed", 0, 2**32 - 1), ("train", 1, 1_000_000), ("val", 1, 100_000), ("jnd", 1, 100_000)):
-        value = getattr(args, name)
-        if not low <= value <= high:
-            raise JudgmentsError(f"--{name} {value}: must be from {low} to {high}")
-    out = build_demo(args.out, args.seed, args.train, args.val, args.jnd, args.overwrite)
-    print(f"wrote {out} (simulated judgments on scikit-image photos, seed {args.seed})")
-    return 0

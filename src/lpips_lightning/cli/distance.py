@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .errors import ArgumentParser, ConfigError, LPIPSLightningError
+from ..errors import ArgumentParser, ConfigError, LPIPSLightningError
 
 MAX_SIZE = 4096  # as pack's --size: larger images exhaust memory before they are compared
 
@@ -26,7 +26,7 @@ def _pixels(text: str) -> int:
 
 
 def _check_size(height: int, width: int, min_size: int, backbone: str, where: str) -> None:
-    from .lpips import check_image_size
+    from ..lpips import check_image_size
 
     try:
         check_image_size(height, width, min_size, backbone, where)
@@ -34,7 +34,7 @@ def _check_size(height: int, width: int, min_size: int, backbone: str, where: st
         raise ConfigError(f"{err}; pass --resize N with N >= {min_size}") from None
 
 
-def main(argv: Sequence[str]) -> int:
+def distance_command(argv: Sequence[str]) -> int:
     """``lpips-lightning distance``."""
     p = ArgumentParser(prog="lpips-lightning distance", description="LPIPS distance between two images.")
     p.add_argument("img0")
@@ -50,8 +50,8 @@ def main(argv: Sequence[str]) -> int:
     )
     args = p.parse_args(argv)
 
-    from .errors import check_choice
-    from .lpips import VERSIONS
+    from ..errors import check_choice
+    from ..lpips import VERSIONS
 
     if args.model:  # the model file says what it is: an option that would describe another model is refused
         given = [f"--{k}" for k in ("heads", "backbone_weights") if getattr(args, k) is not None]
@@ -65,7 +65,7 @@ def main(argv: Sequence[str]) -> int:
     args.heads = args.heads or "official"
     heads = None if args.heads.lower() == "none" else args.heads
     if not args.model:  # options first: no image is read for a command that cannot run
-        from .backbones import BACKBONES
+        from ..backbones import BACKBONES
 
         check_choice("backbone", args.backbone, list(BACKBONES))
         check_choice("version", args.version, VERSIONS)
@@ -77,7 +77,7 @@ def main(argv: Sequence[str]) -> int:
 
     import torch
 
-    from .pack import load_image
+    from ..pack import load_image
 
     images = []
     for f in (args.img0, args.img1):
@@ -93,7 +93,7 @@ def main(argv: Sequence[str]) -> int:
     height, width = images[0].shape[-2:]
     where = f"{args.img0}, {args.img1}"
     if args.model:
-        from .export import load
+        from ..export import load
 
         model = load(args.model, backbone=args.backbone, version=args.version, trust_code=args.trust_code)
         if args.backbone is not None and args.backbone != model.backbone_name:
@@ -109,8 +109,8 @@ def main(argv: Sequence[str]) -> int:
             )
         _check_size(height, width, model.min_size, model.backbone_name, where)
     else:
-        from .backbones import BACKBONES
-        from .lpips import LPIPS
+        from ..backbones import BACKBONES
+        from ..lpips import LPIPS
 
         _check_size(height, width, BACKBONES[args.backbone].min_size, args.backbone, where)  # before any weights
         model = LPIPS(args.backbone, args.version, heads=heads, backbone_weights=args.backbone_weights).eval()

@@ -1,0 +1,1 @@
+"""The command line: a table of commands (`main`), LightningCLI for training, the tool commands."""
