@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lpips_lightning.pack import load_image, pack  # noqa: E402
+from lpips_lightning.images import load_image  # noqa: E402
+from lpips_lightning.pack.pack import pack  # noqa: E402
 
 
 def make_tree(root: Path, n: int, size: int) -> list[str]:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from throughput import write_random_judgments  # noqa: E402
 
-from lpips_lightning.datamodules import JudgmentsDataset  # noqa: E402
+from lpips_lightning.data.dataset import JudgmentsDataset  # noqa: E402
 
 
 def main() -> int:

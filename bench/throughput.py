@@ -31,11 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
+from jsonargparse import Namespace  # noqa: E402
 
-from lpips_lightning import judgments  # noqa: E402
 from lpips_lightning.backbones import short_name  # noqa: E402
-from lpips_lightning.datamodules import JudgmentsDataModule  # noqa: E402
-from lpips_lightning.module import LPIPSModule  # noqa: E402
+from lpips_lightning.data import judgments  # noqa: E402
+from lpips_lightning.data.datamodule import JudgmentsDataModule  # noqa: E402
+from lpips_lightning.train import links  # noqa: E402
+from lpips_lightning.train.module import LPIPSModule  # noqa: E402
 
 
 def write_random_judgments(path: Path, n: int, size: int = 64, seed: int = 0) -> Path:
@@ -77,6 +79,17 @@ class Timer(pl.Callback):
             self._sync(pl_module)
             self.rate = (self.seen - self.counted) / (time.perf_counter() - self.start)
             trainer.should_stop = True
+
+
+def batches(feature_cache: bool, capture: bool | str, device: str, precision: str) -> dict:
+    """The data module's `index_only` and `steps_per_batch` as `lpips-lightning fit` links them for this run."""
+    trainer = Namespace(accelerator=device, devices=1, num_nodes=1, precision=precision, fast_dev_run=False)
+    for option in ("limit_train_batches", "val_check_interval", "callbacks"):
+        trainer[option] = None
+    return {
+        "index_only": links.index_only(feature_cache),
+        "steps_per_batch": links.steps_per_batch(feature_cache, capture, trainer),
+    }
 
 
 def quiet_trainer(device: str, precision: str, **kw) -> pl.Trainer:
@@ -134,6 +147,7 @@ def run_one(
         num_workers=num_workers,
         in_memory=True,
         on_device=on_device,
+        **batches(feature_cache, model.hparams.capture, device, precision),
     )
     timer = Timer(warmup, steps, batch)
     trainer = quiet_trainer(device, precision, max_epochs=10_000, callbacks=[timer])  # the timer stops it
@@ -175,7 +189,9 @@ def lin_recipe(n: int, device: str, precision: str, epochs: int = 10, batch: int
             epochs_constant=epochs // 2,
             epochs_decay=epochs - epochs // 2,
         )
-        dm = JudgmentsDataModule(str(data), val=["2afc/val/*"], batch_size=batch, in_memory=True)
+        dm = JudgmentsDataModule(
+            str(data), val=["2afc/val/*"], batch_size=batch, in_memory=True, **batches(True, "auto", device, precision)
+        )
         clock = FitClock()
         trainer = quiet_trainer(device, precision, max_epochs=epochs, callbacks=[clock])
         start = time.perf_counter()

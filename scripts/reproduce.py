@@ -232,7 +232,7 @@ def packed_ok(h5: Path) -> bool:
     """Whether `h5` opens as a judgments file holding 2AFC train and val groups and JND val groups."""
     if not h5.is_file():
         return False
-    from lpips_lightning import judgments
+    from lpips_lightning.data import judgments
     from lpips_lightning.errors import LPIPSLightningError
 
     try:
@@ -464,9 +464,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if "--extra" in argv:
         i = argv.index("--extra")
         argv, extra = argv[:i], argv[i + 1 :]
-    from lpips_lightning.errors import ArgumentParser
+    from lpips_lightning.cli.parser import ToolParser
 
-    p = ArgumentParser(
+    p = ToolParser(
         prog="scripts/reproduce.py",
         description="Download BAPPS, pack it, train the paper's configurations, evaluate them and the released "
         "weights, and write OUT/paper_table.md. Rerun the same command to resume.",

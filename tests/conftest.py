@@ -165,6 +165,35 @@ def make_bapps(root: Path, n: int = 6, size: int = 32, seed: int = 0, jnd: bool 
     return expected
 
 
+SAMPLES_16 = [[0, 1000, 30000, 65535], [128, 129, 32896, 65000]]  # (2, 4) 16-bit test samples
+
+
+def rgb16_samples():
+    """(2, 4, 3) uint16: `SAMPLES_16` in three different arrangements, one per channel."""
+    import numpy as np
+
+    s = np.array(SAMPLES_16, np.uint16)
+    return np.stack([s, s[::-1], np.roll(s, 1, axis=1)], axis=-1)
+
+
+def write_png16(path: Path, samples, color_type: int) -> None:
+    """A 16-bit PNG written by hand (PIL cannot write 16-bit colour): gray 0, RGB 2, gray+alpha 4, RGBA 6."""
+    import struct
+    import zlib
+
+    h, w = samples.shape[:2]
+    rows = samples.reshape(h, -1).astype(">u2")
+    raw = b"".join(b"\x00" + rows[y].tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
 @pytest.fixture
 def bapps_h5(tmp_path) -> Path:
     """A packed tiny BAPPS file (2afc train/val, jnd val)."""
@@ -172,6 +201,49 @@ def bapps_h5(tmp_path) -> Path:
 
     make_bapps(tmp_path / "bapps", n=12)
     return pack(tmp_path / "bapps", tmp_path / "bapps.h5", size=32, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def module_bapps_h5(tmp_path_factory) -> Path:
+    """`bapps_h5` made once per test module: for module-scoped fixtures that train on it once."""
+    from lpips_lightning.pack import pack
+
+    root = tmp_path_factory.mktemp("bapps")
+    make_bapps(root / "bapps", n=12)
+    return pack(root / "bapps", root / "bapps.h5", size=32, workers=1, progress=False)
+
+
+def parsed_trainer_options(**given):
+    """Trainer options as `fit`'s command line parses them (Lightning's defaults, then `given`)."""
+    from jsonargparse import Namespace
+
+    options = dict(accelerator="auto", devices="auto", num_nodes=1, precision=None, fast_dev_run=False)
+    options.update(limit_train_batches=None, val_check_interval=None, overfit_batches=0.0, callbacks=None)
+    return Namespace(**{**options, **given})
+
+
+def poison_loss_at_call(model, call: int) -> None:
+    """The ranking head's `call`-th forward (counted from 1) returns NaN."""
+    real = model.rank_head.forward
+    calls = {"n": 0}
+
+    def poisoned(d0, d1, judge):
+        calls["n"] += 1
+        loss = real(d0, d1, judge)
+        return loss * float("nan") if calls["n"] == call else loss
+
+    model.rank_head.forward = poisoned
+
+
+def feature_cache_steps(path: Path, model, batch_size: int = 5):
+    """`model.steps` for the feature cache outside a fit (no Trainer), on `path`'s training set; its data module."""
+    from lpips_lightning.data.datamodule import JudgmentsDataModule
+    from lpips_lightning.train.steps import Steps
+
+    dm = JudgmentsDataModule(str(path), batch_size=batch_size, index_only=True)
+    dm.setup("fit")
+    model.steps = Steps(model.lpips, model.rank_head, model.backbone_pass, cache_from=dm.datasets["train"][0])
+    return dm
 
 
 def training_args(runs: Path, data: Path, *extra: str) -> list[str]:
@@ -259,3 +331,114 @@ def assert_refused(argv: list[str], capfd, *watch: Path, code: int = 2) -> str:
     assert not noise, f"more than the error line on stderr for {argv}:\n{err}"
     assert snapshot(*watch) == before, f"files changed by a refused {argv}"
     return errors[0]
+
+
+# --- trained metrics and their exports (tests/export/, tests/test_evaluate.py) -----------------------
+class MetricFiles(dict):
+    """{suffix: file} of one trained checkpoint (``".ckpt"``) and its exports, each exported on first use.
+
+    Exported with the real command (``lpips-lightning export CKPT m.SUFFIX``); what it printed is
+    kept in `printed`. `model` is the checkpoint's metric as trained, in eval mode; `data` the
+    judgments file it was trained on. ``".onnx"`` is slow to export: tests that ask for it are slow.
+    """
+
+    def __init__(self, ckpt: Path, model, data: Path) -> None:
+        super().__init__({".ckpt": ckpt})
+        self.model, self.data, self.printed = model, data, {}
+
+    def __missing__(self, suffix: str) -> Path:
+        import contextlib
+        import io
+
+        from lpips_lightning.cli.main import main
+
+        out = self[".ckpt"].with_name(f"m{suffix}")
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            assert main(["export", str(self[".ckpt"]), str(out)]) == 0
+        self.printed[suffix] = printed.getvalue()
+        self[suffix] = out
+        return out
+
+
+class TrainedMetrics(dict):
+    """{variant: MetricFiles}: ``lin`` over (fake) ImageNet alex, ``tune`` on squeeze, each trained on first use."""
+
+    BACKBONES = {"lin": "alex", "tune": "squeeze"}
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        make_bapps(root / "b", n=8)
+        from lpips_lightning.pack import pack
+
+        self.data = pack(root / "b", root / "d.h5", size=32, workers=1, progress=False)
+
+    def __missing__(self, variant: str) -> MetricFiles:
+        from lpips_lightning.data.datamodule import JudgmentsDataModule
+        from lpips_lightning.train.module import LPIPSModule
+
+        model = LPIPSModule(variant=variant, backbone=self.BACKBONES[variant])
+        trainer = cpu_trainer(fast_dev_run=1)
+        trainer.fit(model, JudgmentsDataModule(str(self.data), batch_size=4))
+        with torch.no_grad():  # clearly non-trivial heads
+            for h in model.lpips.heads:
+                h.weight.uniform_(0.1, 1.0)
+        folder = self.root / variant
+        folder.mkdir()
+        trainer.save_checkpoint(folder / f"{variant}.ckpt")
+        self[variant] = MetricFiles(folder / f"{variant}.ckpt", model.lpips.eval(), self.data)
+        return self[variant]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, imagenet_cache) -> TrainedMetrics:
+    """Briefly trained checkpoints (``trained["lin"]``, ``trained["tune"]``), trained and exported once a session."""
+    return TrainedMetrics(tmp_path_factory.mktemp("trained"))
+
+
+# --- one finished run of `lpips-lightning fit` (tests/cli/) -----------------------------------------
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> dict[str, Path]:
+    """A packed tiny BAPPS (``data``) and a finished 2-epoch CLI run ``run`` (named r1) in ``runs``, made once."""
+    from unittest import mock
+
+    from lpips_lightning.cli.main import main
+    from lpips_lightning.pack import pack
+
+    root = tmp_path_factory.mktemp("trained_run")
+    make_bapps(root / "b", n=12)
+    data = pack(root / "b", root / "d.h5", size=32, workers=1, progress=False)
+    runs = root / "runs"
+    with mock.patch.dict(os.environ, {"WANDB_MODE": "disabled"}):
+        assert main(["fit", *training_args(runs, data, "--trainer.max_epochs", "2", "--run_name", "r1")]) == 0
+    return {"root": root, "data": data, "runs": runs, "run": runs / "r1"}
+
+
+# --- numpy references of the scores (the original's code), for tests/model/ and tests/test_evaluate.py ----------
+def numpy_2afc(d0, d1, judge):
+    """The original's 2AFC score: (d0<d1)(1-judge) + (d1<d0)judge + (d0==d1)/2, averaged."""
+    import numpy as np
+
+    return np.mean(np.where(d0 < d1, 1 - judge, np.where(d1 < d0, judge, 0.5)))
+
+
+def numpy_voc_ap(d, same):
+    """The original's score_jnd_dataset + voc_ap, with the distances flattened first."""
+    import numpy as np
+
+    order = np.argsort(d, kind="stable")
+    s = same[order]
+    tp, fp = np.cumsum(s), np.cumsum(1 - s)
+    return voc_area(tp / np.sum(s), tp / (tp + fp))
+
+
+def voc_area(rec, prec):
+    """The original's voc_ap: area under the precision envelope."""
+    import numpy as np
+
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    for i in range(mpre.size - 1, 0, -1):
+        mpre[i - 1] = max(mpre[i - 1], mpre[i])
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+    return np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])

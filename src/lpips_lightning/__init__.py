@@ -12,14 +12,14 @@ def load(path, backbone=None, version="0.1", trust_code=False):
 
     A file whose backbone is custom code is refused unless ``trust_code=True``.
     """
-    from .export import load as _load
+    from .export.read import load as _load
 
     return _load(path, backbone, version, trust_code)
 
 
 def __getattr__(name: str):
     if name == "LPIPS":
-        from .lpips import LPIPS
+        from .model.lpips import LPIPS
 
         return LPIPS
     raise AttributeError(f"module 'lpips_lightning' has no attribute {name!r}")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
-import sys
 
 
 class LPIPSLightningError(Exception):
@@ -84,11 +82,3 @@ class DownloadInterrupted(Interrupted):
 
     def __init__(self, message: str) -> None:
         super().__init__(signal.SIGINT, message)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse for the tool commands: a usage error is one ``error:`` line (status 2), not the usage first."""
-
-    def error(self, message: str):
-        sys.stderr.write(f"error: {message} (options: {self.prog} --help)\n")
-        raise SystemExit(2)

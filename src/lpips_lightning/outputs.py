@@ -126,15 +126,21 @@ def removed_if_unused(folder: str | os.PathLike) -> Iterator[None]:
 
 @contextmanager
 def atomic_output(
-    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (), what: str = "output"
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+    what: str = "output",
+    checked: bool = False,
 ) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` when the block completes.
 
-    On any exception (Ctrl-C and SIGTERM included) the temporary file is removed and `path`
-    is left as it was. An `OSError` while writing (disk full, permission) becomes one
-    `OutputError` line naming the file.
+    The target is checked first (`check_output`), unless `checked`: the caller did that already,
+    before reading its inputs (``pack``: an archive takes a minute to read). On any exception
+    (Ctrl-C and SIGTERM included) the temporary file is removed and `path` is left as it was.
+    An `OSError` while writing (disk full, permission) becomes one `OutputError` line naming
+    the file.
     """
-    path = check_output(path, overwrite, inputs, what)
+    path = Path(path) if checked else check_output(path, overwrite, inputs, what)
     remove_stale_temps(path)
     tmp = temp_name(path)
     try:
@@ -204,3 +210,13 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
         os.replace(tmp, path)
         return
     os.unlink(tmp)
+
+
+def size_text(n: int | None) -> str:
+    """A file size for a message: ``1.5 GB``, ``12.0 MB``, ``3.2 kB``, ``17 bytes`` (None: ``unknown size``)."""
+    if n is None:
+        return "unknown size"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

@@ -8,14 +8,16 @@ every format of the same metric prints the same number.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from typing import Annotated
 
-from ..errors import ArgumentParser, ConfigError, LPIPSLightningError
+from ..errors import ConfigError, LPIPSLightningError, check_choice
+from .parser import Arg
 
 MAX_SIZE = 4096  # as pack's --size: larger images exhaust memory before they are compared
 
 
-def _pixels(text: str) -> int:
+def pixels(text: str) -> int:
+    """--resize N: a number of pixels from 1 to `MAX_SIZE` (a usage error otherwise)."""
     try:
         value = int(text)
     except ValueError:
@@ -25,95 +27,96 @@ def _pixels(text: str) -> int:
     return value
 
 
-def _check_size(height: int, width: int, min_size: int, backbone: str, where: str) -> None:
-    from ..lpips import check_image_size
+def _check_given(model: str | None, heads: str | None, backbone_weights: str | None) -> None:
+    """The model file says what it is: an option that would describe another model is refused."""
+    options = (("--heads", heads), ("--backbone-weights", backbone_weights))
+    given = [flag for flag, value in options if value is not None]
+    if model and given:
+        raise ConfigError(
+            f"{', '.join(given)} cannot be combined with --model {model} (the model file holds its own weights)"
+        )
 
-    try:
-        check_image_size(height, width, min_size, backbone, where)
-    except ConfigError as err:
-        raise ConfigError(f"{err}; pass --resize N with N >= {min_size}") from None
+
+def _check_model(model, path: str, backbone: str | None, version: str | None) -> None:
+    """Refuse --backbone / --version that contradict the model file."""
+    if backbone is not None and backbone != model.backbone_name:
+        raise ConfigError(
+            f"--backbone {backbone} contradicts --model {path}, a metric over backbone "
+            f"{model.backbone_name}; leave --backbone out"
+        )
+    found = getattr(model, "version", None)
+    if version is not None and found is not None and str(found) != version:
+        raise ConfigError(
+            f"--version {version} contradicts --model {path}, a version {found} metric; leave --version out"
+        )
 
 
-def distance_command(argv: Sequence[str]) -> int:
-    """``lpips-lightning distance``."""
-    p = ArgumentParser(prog="lpips-lightning distance", description="LPIPS distance between two images.")
-    p.add_argument("img0")
-    p.add_argument("img1")
-    p.add_argument("--backbone", default=None, help="alex, vgg or squeeze (default alex)")
-    p.add_argument("--version", default=None, help="0.1 (default) or 0.0 (needs --heads FILE or none)")
-    p.add_argument("--heads", default=None, help="official (default), none, or an lpips-format .pth")
-    p.add_argument("--model", default=None, help="a checkpoint or export to use instead (see `export`)")
-    p.add_argument("--backbone-weights", default=None, help="torchvision state dict file of the backbone")
-    p.add_argument("--resize", type=_pixels, default=None, help="resize both images to N x N first")
-    p.add_argument(
-        "--trust-code", action="store_true", help="build a custom backbone that --model names (runs its code)"
-    )
-    args = p.parse_args(argv)
+def distance_command(
+    img0: str,
+    img1: str,
+    *,
+    backbone: str | None = None,
+    version: str | None = None,
+    heads: str | None = None,
+    model: str | None = None,
+    backbone_weights: str | None = None,
+    resize: Annotated[int | None, Arg(parse=pixels)] = None,
+    trust_code: bool = False,
+) -> int:
+    """LPIPS distance between two images.
 
-    from ..errors import check_choice
-    from ..lpips import VERSIONS
-
-    if args.model:  # the model file says what it is: an option that would describe another model is refused
-        given = [f"--{k}" for k in ("heads", "backbone_weights") if getattr(args, k) is not None]
-        if given:
-            raise ConfigError(
-                f"{', '.join(given).replace('_', '-')} cannot be combined with --model {args.model} "
-                "(the model file holds its own weights)"
-            )
-    args.backbone = args.backbone or ("alex" if not args.model else None)
-    version_given, args.version = args.version, args.version or "0.1"
-    args.heads = args.heads or "official"
-    heads = None if args.heads.lower() == "none" else args.heads
-    if not args.model:  # options first: no image is read for a command that cannot run
-        from ..backbones import BACKBONES
-
-        check_choice("backbone", args.backbone, list(BACKBONES))
-        check_choice("version", args.version, VERSIONS)
-        if heads == "official" and args.version != "0.1":
-            raise ConfigError(
-                f"--version {args.version} has no official heads (only 0.1's are released); "
-                "pass --heads FILE.pth or --heads none"
-            )
-
+    Args:
+        img0: the first image file
+        img1: the second image file
+        backbone: alex, vgg or squeeze (default alex)
+        version: 0.1 (default) or 0.0 (needs --heads FILE or none)
+        heads: official (default), none, or an lpips-format .pth
+        model: a checkpoint or export to use instead (see `export`)
+        backbone_weights: torchvision state dict file of the backbone
+        resize: resize both images to N x N first
+        trust_code: build a custom backbone that --model names (runs its code)
+    """
     import torch
 
-    from ..pack import load_image
+    from .. import backbones, export, images
+    from ..model import lpips
 
-    images = []
-    for f in (args.img0, args.img1):
-        array = load_image(f, args.resize)
+    _check_given(model, heads, backbone_weights)
+    backbone = backbone or ("alex" if not model else None)
+    chosen = version or "0.1"  # `version` stays as given: a model file's own is checked against it only if given
+    heads = heads or "official"
+    heads = None if heads.lower() == "none" else heads
+    if not model:  # options first: no image is read for a command that cannot run
+        check_choice("backbone", backbone, list(backbones.BACKBONES))
+        check_choice("version", chosen, lpips.VERSIONS)
+        if heads == "official" and chosen != "0.1":
+            raise ConfigError(
+                f"--version {version} has no official heads (only 0.1's are released); "
+                "pass --heads FILE.pth or --heads none"
+            )
+    pair = []
+    for path in (img0, img1):
+        array = images.load_image(path, resize)
         if not array.flags.writeable:  # torch warns on read-only arrays
             array = array.copy()
-        images.append(torch.from_numpy(array).permute(2, 0, 1)[None])
-    if images[0].shape != images[1].shape:
+        pair.append(torch.from_numpy(array).permute(2, 0, 1)[None])
+    if pair[0].shape != pair[1].shape:
         raise LPIPSLightningError(
-            f"{args.img0} is {tuple(images[0].shape[-2:])} and {args.img1} is {tuple(images[1].shape[-2:])} "
+            f"{img0} is {tuple(pair[0].shape[-2:])} and {img1} is {tuple(pair[1].shape[-2:])} "
             "(H, W): pass --resize N to compare them at N x N"
         )
-    height, width = images[0].shape[-2:]
-    where = f"{args.img0}, {args.img1}"
-    if args.model:
-        from ..export import load
-
-        model = load(args.model, backbone=args.backbone, version=args.version, trust_code=args.trust_code)
-        if args.backbone is not None and args.backbone != model.backbone_name:
-            raise ConfigError(
-                f"--backbone {args.backbone} contradicts --model {args.model}, a metric over backbone "
-                f"{model.backbone_name}; leave --backbone out"
-            )
-        version = getattr(model, "version", None)
-        if version_given is not None and version is not None and str(version) != version_given:
-            raise ConfigError(
-                f"--version {version_given} contradicts --model {args.model}, a version {version} metric; "
-                "leave --version out"
-            )
-        _check_size(height, width, model.min_size, model.backbone_name, where)
+    if model:
+        metric = export.load(model, backbone=backbone, version=chosen, trust_code=trust_code)
+        _check_model(metric, model, backbone, version)
+        min_size, name = metric.min_size, metric.backbone_name
     else:
-        from ..backbones import BACKBONES
-        from ..lpips import LPIPS
-
-        _check_size(height, width, BACKBONES[args.backbone].min_size, args.backbone, where)  # before any weights
-        model = LPIPS(args.backbone, args.version, heads=heads, backbone_weights=args.backbone_weights).eval()
+        min_size, name = backbones.BACKBONES[backbone].min_size, backbone
+    try:  # before any weights of the metric are read
+        lpips.check_image_size(*pair[0].shape[-2:], min_size, name, f"{img0}, {img1}")
+    except ConfigError as err:
+        raise ConfigError(f"{err}; pass --resize N with N >= {min_size}") from None
+    if not model:
+        metric = lpips.LPIPS(backbone, chosen, heads=heads, backbone_weights=backbone_weights).eval()
     with torch.no_grad():
-        print(f"{model(*images).item():.6f}")
+        print(f"{metric(*pair).item():.6f}")
     return 0

@@ -1,7 +1,9 @@
-"""The tool commands (pack, download, demo-data, export, evaluate): parse the options, call the library.
+"""The tool commands (pack, download, demo-data, export, evaluate) as plain typed functions.
 
-Each ``*_command(argv)`` parses its own options with the one-line-error parser and calls one
-library function; `cli.main` maps command names to them.
+Each function's signature is the command's options (see `parser.add_function_options`), its
+docstring the help; it calls one library function and prints what the user needs next. The
+library is imported inside each function, so that ``lpips-lightning CMD --help`` answers
+without torch (`main.COMMANDS` is the one lazy place for the command modules themselves).
 """
 
 from __future__ import annotations
@@ -10,183 +12,215 @@ import contextlib
 import os
 import shlex
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
-from .. import judgments
-from ..datamodules.demo import build_demo
-from ..download import DEFAULT_BASE_URL, download
-from ..errors import ArgumentParser, ConfigError, DownloadInterrupted, JudgmentsError
-from ..evaluate import OUTPUT_FILES, evaluate, pick_device, resolve_model, table, write_outputs
-from ..export import FORMATS, export
-from ..pack import pack
+from ..errors import ConfigError, DownloadInterrupted, JudgmentsError
+from ..outputs import check_output, removed_if_unused
+from ..pack.download import DEFAULT_BASE_URL
+from .parser import Arg
 
-TRUST_HELP = "build a custom backbone (class_path) named by the file: this imports and runs its code"
+# the export formats by name, for --format's choices (tests check them against export.FORMATS)
+EXPORT_FORMATS = Literal["lpips", "onnx", "safetensors", "torchscript"]
+DEMO_RANGES = {"seed": (0, 2**32 - 1), "train": (1, 1_000_000), "val": (1, 100_000), "jnd": (1, 100_000)}
 
 
-def _label(spec: str, specs: Sequence[str]) -> str:
+def pack_command(
+    source: str,
+    out: str,
+    *,
+    size: int = 64,
+    workers: int | None = None,
+    group: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> int:
+    """Pack BAPPS (folders or the downloaded archives) or a CSV of judgments into one judgments file (HDF5).
+
+    Args:
+        source: a BAPPS root (holding 2afc/ and/or jnd/), a folder of the downloaded BAPPS archives
+            (twoafc_train.tar.gz, twoafc_val.tar.gz, jnd.tar.gz: read as they are, nothing unpacked), one such
+            .tar.gz, or a CSV of judgments
+        out: the judgments file to write, e.g. bapps.h5
+        size: resize images to SIZE x SIZE (default 64, PIL bilinear)
+        workers: decoding processes (default: all cores)
+        group: group of a CSV source (default 2afc/train/<csv stem>)
+        overwrite: replace OUT if it exists
+        quiet: no progress bar
+    """
+    from ..data import judgments
+    from ..pack import pack
+
+    # Interrupted (SIGINT, SIGTERM) goes up to cli.main: "interrupted", exit status err.status
+    written = pack(source, out, size, workers, group, overwrite, progress=not quiet)
+    with judgments.open_file(written) as f:
+        for name in judgments.groups(f):
+            print(f"{name}: {f[name][judgments.TARGET[judgments.kind_of(name)]].shape[0]} items")
+    print(f"wrote {written}")
+    return 0
+
+
+def download_command(
+    dataset: str,
+    folder: Annotated[str, Arg(metavar="DIR")],
+    *,
+    parts: Annotated[list[str] | None, Arg(metavar="PART")] = None,
+    base_url: str = DEFAULT_BASE_URL,
+    force: bool = False,
+    timeout: float = 30.0,
+    quiet: bool = False,
+) -> int:
+    """Download the BAPPS archives into DIR (resumable; each archive checked before it is kept).
+
+    Args:
+        dataset: the dataset: bapps
+        folder: where the .tar.gz archives go (created if missing)
+        parts: which archives: train, val, jnd (default: all three)
+        base_url: where the archives are: http(s)://, file:// or a local folder (default %(default)s)
+        force: fetch archives again even when DIR holds them
+        timeout: seconds without data before giving up (default 30)
+        quiet: no progress bar
+    """
+    from ..pack.download import download
+
+    try:
+        saved = download(dataset, folder, parts, base_url, force, timeout, progress=not quiet)
+    except DownloadInterrupted as err:
+        print(str(err) or "interrupted", file=sys.stderr)
+        return 130
+    print(f"archives in {folder}: {', '.join(path.name for path in saved.values())}")
+    print(f"next: lpips-lightning pack {shlex.quote(str(folder))} bapps.h5")
+    return 0
+
+
+def demo_data_command(
+    out: str, *, seed: int = 0, train: int = 4000, val: int = 500, jnd: int = 500, overwrite: bool = False
+) -> int:
+    """Build the demo judgments file (real photos, simulated observers).
+
+    Args:
+        out: the judgments file to write
+        seed: the seed of the simulated observers and patches (default 0)
+        train: training triplets
+        val: validation triplets per subset
+        jnd: JND pairs
+        overwrite: replace OUT if it exists
+    """
+    from ..data.demo import build_demo
+
+    for name, value in (("seed", seed), ("train", train), ("val", val), ("jnd", jnd)):
+        low, high = DEMO_RANGES[name]
+        if not low <= value <= high:
+            raise JudgmentsError(f"--{name} {value}: must be from {low} to {high}")
+    written = build_demo(out, seed, train, val, jnd, overwrite)
+    print(f"wrote {written} (simulated judgments on scikit-image photos, seed {seed})")
+    return 0
+
+
+def export_command(
+    ckpt: str,
+    out: str,
+    *,
+    format: EXPORT_FORMATS | None = None,  # noqa: A002 (the option is --format)
+    overwrite: bool = False,
+    size: int | None = None,
+    trust_code: bool = False,
+) -> int:
+    """Export a trained metric.
+
+    Args:
+        ckpt: a checkpoint of `lpips-lightning fit`
+        out: output file: .pth (lpips), .safetensors, .pt (TorchScript) or .onnx
+        format: the format, when the extension does not tell it
+        overwrite: replace OUT if it exists
+        size: image size the TorchScript/ONNX export is traced at (default 64); the export is fixed to it
+            only where the backbone does not export for any size
+        trust_code: build a custom backbone (class_path) named by the file: this imports and runs its code
+    """
+    from ..export import FORMATS, export
+
+    how = export(ckpt, out, format, overwrite, size, trust_code)
+    print(f"wrote {out}")
+    print(f"load it with: {how}")
+    if (format or FORMATS.get(Path(out).suffix.lower())) == "lpips":
+        print(
+            "torchmetrics: lpips_lightning.export.load_into_torchmetrics("
+            f"LearnedPerceptualImagePatchSimilarity(net_type=...), {out!r})"
+        )
+    return 0
+
+
+def _label(spec: str, specs: list[str]) -> str:
     """A short column name: a file's name, unless two models share it."""
     name = Path(spec).name if Path(spec).exists() else spec
     return name if sum(Path(s).name == name for s in specs) <= 1 else spec
 
-def pack_command(argv: Sequence[str]) -> int:
-    """``lpips-lightning pack``."""
-    p = ArgumentParser(
-        prog="lpips-lightning pack",
-        description="Pack BAPPS (folders or the downloaded archives) or a CSV of judgments into one judgments file "
-        "(HDF5).",
-    )
-    p.add_argument(
-        "source",
-        help="a BAPPS root (holding 2afc/ and/or jnd/), a folder of the downloaded BAPPS archives "
-        "(twoafc_train.tar.gz, twoafc_val.tar.gz, jnd.tar.gz: read as they are, nothing unpacked), one such "
-        ".tar.gz, or a CSV of judgments",
-    )
-    p.add_argument("out", help="the judgments file to write, e.g. bapps.h5")
-    p.add_argument("--size", type=int, default=64, help="resize images to SIZE x SIZE (default 64, PIL bilinear)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
-    p.add_argument("--group", default=None, help="group of a CSV source (default 2afc/train/<csv stem>)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    # Interrupted (SIGINT, SIGTERM) goes up to cli.main: "interrupted", exit status err.status
-    out = pack(args.source, args.out, args.size, args.workers, args.group, args.overwrite, progress=not args.quiet)
-    with judgments.open_file(out) as f:
-        for name in judgments.groups(f):
-            print(f"{name}: {f[name][judgments.TARGET[judgments.kind_of(name)]].shape[0]} items")
-    print(f"wrote {out}")
-    return 0
 
-def download_command(argv: Sequence[str]) -> int:
-    """``lpips-lightning download``."""
-    p = ArgumentParser(
-        prog="lpips-lightning download",
-        description="Download the BAPPS archives into DIR (resumable; each archive checked before it is kept).",
-    )
-    p.add_argument("dataset", help="the dataset: bapps")
-    p.add_argument("folder", metavar="DIR", help="where the .tar.gz archives go (created if missing)")
-    p.add_argument(
-        "--parts", nargs="+", default=None, metavar="PART", help="which archives: train, val, jnd (default: all three)"
-    )
-    p.add_argument(
-        "--base-url",
-        default=DEFAULT_BASE_URL,
-        help=f"where the archives are: http(s)://, file:// or a local folder (default {DEFAULT_BASE_URL})",
-    )
-    p.add_argument("--force", action="store_true", help="fetch archives again even when DIR holds them")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before giving up (default 30)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+def _check_out(out: Path, overwrite: bool, inputs: list[str], names: tuple[str, ...]) -> None:
+    """Refuse an --out that is a file, holds results (without --overwrite), or would replace an input."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder for the results")
+    taken = [n for n in names if (out / n).exists()]
+    if taken and not overwrite:
+        raise ConfigError(f"--out {out}: already holds {', '.join(taken)}; pass --overwrite or another folder")
+    for name in names:  # never an input of this command, never a device or pipe
+        if (out / name).exists() or out.is_dir():
+            check_output(out / name, overwrite=True, inputs=inputs, what="evaluation result")
+
+
+def _make_out(out: Path) -> None:
+    """Create --out before any scoring: a folder that cannot be made fails now, not after an hour."""
     try:
-        saved = download(
-            args.dataset, args.folder, args.parts, args.base_url, args.force, args.timeout, progress=not args.quiet
-        )
-    except DownloadInterrupted as err:
-        print(str(err) or "interrupted", file=sys.stderr)
-        return 130
-    print(f"archives in {args.folder}: {', '.join(path.name for path in saved.values())}")
-    print(f"next: lpips-lightning pack {shlex.quote(str(args.folder))} bapps.h5")
-    return 0
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write there ({err.strerror or type(err).__name__})") from None
 
-def demo_data_command(argv: Sequence[str]) -> int:
-    """``lpips-lightning demo-data``."""
-    p = ArgumentParser(
-        prog="lpips-lightning demo-data",
-        description="Build the demo judgments file (real photos, simulated observers).",
-    )
-    p.add_argument("out", help="the judgments file to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", type=int, default=4000, help="training triplets")
-    p.add_argument("--val", type=int, default=500, help="validation triplets per subset")
-    p.add_argument("--jnd", type=int, default=500, help="JND pairs")
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    for name, low, high in (("seed", 0, 2**32 - 1), ("train", 1, 1_000_000), ("val", 1, 100_000), ("jnd", 1, 100_000)):
-        value = getattr(args, name)
-        if not low <= value <= high:
-            raise JudgmentsError(f"--{name} {value}: must be from {low} to {high}")
-    out = build_demo(args.out, args.seed, args.train, args.val, args.jnd, args.overwrite)
-    print(f"wrote {out} (simulated judgments on scikit-image photos, seed {args.seed})")
-    return 0
 
-def export_command(argv: Sequence[str]) -> int:
-    """``lpips-lightning export``."""
-    p = ArgumentParser(prog="lpips-lightning export", description="Export a trained metric.")
-    p.add_argument("ckpt", help="a checkpoint of `lpips-lightning fit`")
-    p.add_argument("out", help="output file: .pth (lpips), .safetensors, .pt (TorchScript) or .onnx")
-    p.add_argument("--format", choices=sorted(set(FORMATS.values())), default=None)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        help="image size the TorchScript/ONNX export is traced at (default 64); the export is fixed to it "
-        "only where the backbone does not export for any size",
-    )
-    p.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
-    args = p.parse_args(argv)
-    how = export(args.ckpt, args.out, args.format, args.overwrite, args.size, args.trust_code)
-    print(f"wrote {args.out}")
-    print(f"load it with: {how}")
-    if (args.format or FORMATS.get(Path(args.out).suffix.lower())) == "lpips":
-        print(
-            "torchmetrics: lpips_lightning.export.load_into_torchmetrics("
-            f"LearnedPerceptualImagePatchSimilarity(net_type=...), {args.out!r})"
-        )
-    return 0
+def evaluate_command(
+    models: Annotated[list[str], Arg(metavar="MODEL")],
+    *,
+    data: str,
+    groups: list[str] | None = None,
+    out: str | None = None,
+    overwrite: bool = False,
+    batch_size: int = 64,
+    device: str | None = None,
+    quiet: bool = False,
+    trust_code: bool = False,
+) -> int:
+    """Score any metric on a judgments file: the paper's table, per subset, exact over all items.
 
-def evaluate_command(argv: Sequence[str]) -> int:
-    """``lpips-lightning evaluate``."""
-    p = ArgumentParser(prog="lpips-lightning evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "models",
-        nargs="+",
-        metavar="MODEL",
-        help="checkpoint, export, official:NET, baseline:NET, l2 or ssim (several: one column each)",
-    )
-    p.add_argument("--data", required=True, help="a judgments file (lpips-lightning pack / demo-data)")
-    p.add_argument("--groups", nargs="+", default=None, help="groups or globs (default: the val and test groups)")
-    p.add_argument("--out", default=None, help="folder for results.json/.csv, per-item distances and charts")
-    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--trust-code", action="store_true", help="build custom backbones that model files name (runs their code)"
-    )
-    args = p.parse_args(argv)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out}: is a file; give a folder for the results")
-        taken = [n for n in OUTPUT_FILES if (out / n).exists()]
-        if taken and not args.overwrite:
-            raise ConfigError(f"--out {out}: already holds {', '.join(taken)}; pass --overwrite or another folder")
-        from ..outputs import check_output
+    Args:
+        models: checkpoint, export, official:NET, baseline:NET, l2 or ssim (several: one column each)
+        data: a judgments file (lpips-lightning pack / demo-data)
+        groups: groups or globs (default: the val and test groups)
+        out: folder for results.json/.csv, per-item distances and charts
+        overwrite: replace results already in --out
+        batch_size: items per batch (default 64)
+        device: cpu, cuda or cuda:N (default: cuda when available)
+        quiet: no progress bar
+        trust_code: build custom backbones that model files name (runs their code)
+    """
+    from ..evaluate import evaluate, pick_device, resolve_model
+    from ..report import OUTPUT_FILES, table, write_outputs
 
-        inputs = [args.data, *(m for m in args.models if Path(m).exists())]
-        for name in OUTPUT_FILES:  # never an input of this command, never a device or pipe
-            if (out / name).exists() or out.is_dir():
-                check_output(out / name, overwrite=True, inputs=inputs, what="evaluation result")
-    from ..outputs import removed_if_unused
-
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    folder = Path(out) if out else None
+    if folder is not None:
+        _check_out(folder, overwrite, [data, *(m for m in models if Path(m).exists())], OUTPUT_FILES)
     # a refusal or an interrupt leaves no empty --out folder behind
-    with removed_if_unused(out) if out is not None else contextlib.nullcontext():
-        if out is not None:
-            try:  # before any scoring: a folder that cannot be made fails now, not after an hour
-                out.mkdir(parents=True, exist_ok=True)
-                probe = out / f".write-test-{os.getpid()}"
-                probe.touch()
-                probe.unlink()
-            except OSError as err:
-                raise ConfigError(f"--out {out}: cannot write there ({err.strerror or type(err).__name__})") from None
-        pick_device(args.device)  # before any model is loaded
-        models = {_label(spec, args.models): resolve_model(spec, args.trust_code) for spec in args.models}
-        result = evaluate(models, args.data, args.groups, args.batch_size, args.device, progress=not args.quiet)
+    with removed_if_unused(folder) if folder is not None else contextlib.nullcontext():
+        if folder is not None:
+            _make_out(folder)
+        pick_device(device)  # before any model is loaded
+        scored = {_label(spec, models): resolve_model(spec, trust_code) for spec in models}
+        result = evaluate(scored, data, groups, batch_size, device, progress=not quiet)
     print(table(result["scores"], result["groups"]))
-    if out is not None:
-        for path in write_outputs(result, out):
+    if folder is not None:
+        for path in write_outputs(result, folder):
             print(f"wrote {path}")
     return 0

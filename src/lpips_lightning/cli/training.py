@@ -1,0 +1,278 @@
+"""fit / validate / test: LightningCLI with run folders, one-line refusals and a clean Ctrl-C.
+
+`LPIPSCLI` puts each run's checkpoints, logs, config and charts in ``runs_dir/<run_name>/``
+(`runs.RunFolder`); `run_training` runs it and turns what goes wrong into one ``error:`` line
+(exit status 2, no run folder left behind) or, for Ctrl-C / SIGTERM, a line on how to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from ..data.datamodule import JudgmentsDataModule
+from ..errors import ConfigError, LPIPSLightningError, message_of
+from ..train import links
+from ..train.callbacks import FitSummary, SaveConfig, SubsetChart
+from ..train.loggers import make_loggers
+from ..train.module import LPIPSModule
+from ..train.resume import explicit_options
+from ..train.runs import RunFolder, print_error_once
+from .checks import check_accelerator, check_config_files, check_precision
+from .parser import OneLineErrors
+
+VAL_CHECK_REFUSAL = re.compile(r"`val_check_interval` \((\S+)\) must be .* training batches \((\d+)\)")
+
+
+class TrainingParser(OneLineErrors, LightningArgumentParser):
+    """LightningCLI's parser, its usage errors as one line (printed by rank 0 only)."""
+
+    print_error = staticmethod(print_error_once)
+
+
+def _files(config) -> list[str]:
+    """The --config files of a parsed command line."""
+    return [str(getattr(f, "relative", f)) for f in config.get("config") or []]
+
+
+class LPIPSCLI(LightningCLI):
+    """LightningCLI with run folders: checkpoints, logs, config and charts in runs_dir/<run_name>/."""
+
+    running: LPIPSCLI | None = None  # the one being run, to clean up after its constructor raised
+
+    def __init__(self, argv: Sequence[str], run: bool = True) -> None:
+        self.argv = list(argv)  # to tell options a user gave from defaults
+        self.run: RunFolder | None = None
+        LPIPSCLI.running = self
+        super().__init__(
+            LPIPSModule,
+            JudgmentsDataModule,
+            args=None if self.argv == sys.argv[1:] else self.argv,
+            run=run,
+            save_config_callback=SaveConfig,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            parser_kwargs={"default_env": False},
+            parser_class=TrainingParser,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="run folder name under runs_dir (default: <variant>_<backbone>-<time>)",
+        )
+        parser.add_argument("--runs_dir", type=str, default="checkpoints", help="where run folders go")
+        parser.add_argument("--wandb_project", type=str, default="lpips-lightning", help="W&B project")
+        # what the data module must know of the model, decided from the parsed options (see `train.links`)
+        parser.link_arguments("model.feature_cache", "data.index_only", compute_fn=links.index_only, apply_on="parse")
+        parser.link_arguments(
+            ("model.feature_cache", "model.capture", "trainer"),
+            "data.steps_per_batch",
+            compute_fn=links.steps_per_batch,
+            apply_on="parse",
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        # Runs right after parsing, before LightningCLI copies the checkpoint's hyperparameters
+        # over the config: choose the run folder, resolve `last`, refuse files that are not
+        # plain checkpoints of this project and options that the checkpoint would replace.
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return super()._parse_ckpt_path()
+        config = self.config[subcommand]
+        check_accelerator(config.trainer, _files(config))
+        check_precision(config.trainer)
+        self.run = RunFolder(subcommand, config, explicit_options(self.argv, _files(config)))
+        super()._parse_ckpt_path()
+        for key, value in self.run.keep_options.items():
+            self.config[subcommand].model[key] = value
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True  # checkpoints hold tensors and plain values only
+        if self.run.resume:  # the run's first config.yaml stays; each resumption adds its own
+            name = f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
+
+    def _check_data(self, model, data) -> None:
+        """Refuse, before a run folder is made, images too small for the backbone and a fit without validation."""
+        if getattr(data, "path", None) is None:  # the demo set is built later, by prepare_data
+            return
+        if hasattr(model, "check_data"):
+            model.check_data(data)
+        if self.subcommand == "fit" and hasattr(data, "groups") and not data.groups("val"):
+            raise ConfigError(
+                f"{data.file}: no validation groups (data.val {data.val_patterns}); fit scores each epoch on "
+                "held-out judgments to keep the best checkpoint: pack some into a 2afc/val/<name> group"
+            )
+
+    def _callbacks(self, config, run_dir: Path, given: list, check_only: bool, logged: bool) -> list:
+        """The run's own callbacks: chart, summary, progress bar, best and last checkpoints, lr monitor."""
+        callbacks = [FitSummary(None)] if check_only else [SubsetChart(run_dir), FitSummary(run_dir)]
+        # reading the loss for the bar syncs the GPU: every 10 steps, not every step
+        bar = not any(isinstance(c, ProgressBar) for c in given)
+        if bar and config.trainer.get("enable_progress_bar") is not False:
+            callbacks.append(TQDMProgressBar(refresh_rate=10))
+        if self.subcommand == "fit" and config.trainer.get("enable_checkpointing", True) is not False:
+            # the best by val/2afc/mean, and last.ckpt after every epoch (Lightning's own
+            # save_last only follows a new best), which `--ckpt_path last` resumes from
+            best = ModelCheckpoint(
+                dirpath=run_dir,
+                filename="best-epoch{epoch:02d}-2afc{val/2afc/mean:.4f}",
+                auto_insert_metric_name=False,
+                monitor="val/2afc/mean",
+                mode="max",
+            )
+            callbacks += [best, ModelCheckpoint(dirpath=run_dir, filename="last", enable_version_counter=False)]
+        if logged and self.subcommand == "fit":
+            callbacks.append(LearningRateMonitor("epoch"))
+        return callbacks
+
+    def instantiate_trainer(self, **kwargs):
+        config = self.config_init[self.subcommand]
+        self._check_data(config.get("model"), config.get("data"))
+        run_dir = self.run.reserve()
+        # Lightning's fast_dev_run is a quick check: no logger, no checkpoint, and here no chart
+        # or run folder either (`run_training` removes the empty folder afterwards)
+        check_only = bool(config.trainer.get("fast_dev_run"))
+        extra: dict = {"default_root_dir": str(run_dir)}
+        if config.trainer.get("logger") in (None, True) and not check_only:
+            step = self.run.resume_step if self.run.resume else None
+            extra["logger"] = make_loggers(run_dir, config.run_name, config.wandb_project, step)
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **extra, **kwargs}
+        given = trainer_config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        own = self._callbacks(config, run_dir, given, check_only, bool(extra.get("logger")))
+        trainer_config["callbacks"] = [*given, *own]
+        extra_callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        try:
+            return self._instantiate_trainer(trainer_config, extra_callbacks)
+        except BaseException:
+            self.run.release()  # a refused Trainer leaves no empty run folder behind
+            raise
+
+
+def _quiet_lightning() -> None:
+    """Silence what every run would print or warn that says nothing about this run."""
+    # "Seed set to 0" would come before any one-line refusal; the seed is in the saved config anyway
+    logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
+    # the run folder is new, or a resumed run's own (see `runs`): the logger and checkpoints may land in it
+    warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # a frozen backbone stays in eval mode on purpose (batch norms and dropout as at inference)
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # validation and test scores are torchmetrics results, already synchronised over processes:
+    # all-reducing them again (sync_dist=True) could only change them by rounding
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+
+
+def _interrupted(cli: LPIPSCLI | None, done: SystemExit) -> KeyboardInterrupt | None:
+    """Lightning ends a run stopped by Ctrl-C with exit status 1 and one stopped by SIGTERM with 0.
+
+    Both become a `KeyboardInterrupt` (status 130 / 143) with a line on how to resume.
+    """
+    trainer = getattr(cli, "trainer", None)
+    if trainer is None or not trainer.interrupted:
+        return None
+    sigterm = type(done).__name__ == "SIGTERMException"
+    folder = cli.run.path
+    if cli.subcommand != "fit" or folder.parent != cli.run.runs_dir:
+        how = f"its folder: {folder}"
+    elif (folder / "last.ckpt").is_file():
+        how = f"resume it with: lpips-lightning fit ... --ckpt_path last --run_name {folder.name}"
+    else:
+        how = f"it had no checkpoint yet: delete {folder} and start again, or start with another --run_name"
+    err = KeyboardInterrupt(
+        f"{'SIGTERM' if sigterm else 'Ctrl-C'} stopped the run in epoch {trainer.current_epoch}; {how}"
+    )
+    err.status = 143 if sigterm else 130
+    return err
+
+
+def _refusal(err: Exception) -> str | None:
+    """The one line for a refusal: ours, or Lightning's own (gradient clipping under manual optimisation, ...)."""
+    if isinstance(err, LPIPSLightningError):
+        return message_of(err)
+    if isinstance(err, MisconfigurationException):
+        return str(err).strip().splitlines()[0]  # Lightning's own one-sentence refusals
+    found = VAL_CHECK_REFUSAL.search(str(err)) if isinstance(err, ValueError) else None
+    if found is None:  # raised by Lightning at fit start, before any step
+        return None
+    interval, batches = found.groups()
+    return (
+        f"--trainer.val_check_interval {interval}: more than the {batches} training batches of an epoch; give at "
+        f"most {batches}, a fraction of an epoch (e.g. 0.5), or --trainer.check_val_every_n_epoch null to count "
+        "batches across epochs"
+    )
+
+
+def _discard_wandb(cli: LPIPSCLI) -> None:
+    """A new run refused before its first step: the W&B run it had begun goes, so that its folder can go too.
+
+    (Lightning starts the loggers before it refuses, e.g., a val_check_interval longer than an
+    epoch, and our module before it refuses a checkpoint whose weights do not fit.)
+    """
+    trainer = getattr(cli, "trainer", None)
+    if trainer is None or cli.run.resume or trainer.global_step:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+            shutil.rmtree(cli.run.path / "wandb", ignore_errors=True)
+
+
+def _end_progress_line(cli: LPIPSCLI | None) -> None:
+    """End the line a training progress bar left on the terminal, so that an error starts a line of its own."""
+    trainer = getattr(cli, "trainer", None)
+    if getattr(trainer, "progress_bar_callback", None) is None or not trainer.global_rank == 0:
+        return
+    for stream in (sys.stdout, sys.stderr):  # Lightning's bars draw on stdout, tqdm's default is stderr
+        try:
+            if stream.isatty():
+                stream.write("\n")
+                stream.flush()
+                return
+        except (OSError, ValueError):
+            continue
+
+
+def run_training(argv: Sequence[str]) -> int:
+    """Run LightningCLI (``fit|validate|test ...``) on `argv`; return the exit status."""
+    LPIPSCLI.running = None
+    _quiet_lightning()
+    try:
+        check_config_files(argv)
+        cli = LPIPSCLI(argv)
+        if getattr(getattr(cli, "trainer", None), "fast_dev_run", False):
+            cli.run.release()  # a quick check leaves no run folder behind
+        return 0
+    except Exception as err:
+        message, cli = _refusal(err), LPIPSCLI.running
+        if message is None:
+            raise
+        if getattr(cli, "run", None) is not None:
+            _discard_wandb(cli)
+            cli.run.release()  # a refused run leaves no empty run folder behind
+        _end_progress_line(cli)
+        print_error_once(message)
+        return 2
+    except SystemExit as done:
+        interrupted = _interrupted(LPIPSCLI.running, done)
+        if interrupted is None:
+            raise
+        raise interrupted from None

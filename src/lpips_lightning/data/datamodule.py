@@ -1,0 +1,223 @@
+"""JudgmentsDataModule: a judgments file served to Lightning as uint8 batches, one loader per val/test group.
+
+What a model needs of its training batches arrives as init arguments, never by asking the
+model: `index_only` (batches without images) and `steps_per_batch` (minibatches per batch).
+``lpips-lightning fit`` sets both from the model's and the trainer's options (`train.links`);
+they are logged with the run's hyperparameters (``hparams.yaml``).
+"""
+
+from __future__ import annotations
+
+import os
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import ConfigError
+from . import judgments
+from .dataset import EpochShuffleSampler, JudgmentsDataset, UnpaddedDistributedSampler, keep_batch
+from .demo import demo_path, ensure_demo
+
+DEFAULT_VAL = ("2afc/val/*", "jnd/val/*")
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to load data into (Linux MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class JudgmentsDataModule(pl.LightningDataModule):
+    """Batches of human judgments from a judgments file (see `lpips_lightning.data.judgments`).
+
+    Args:
+        path: the judgments file, or ``demo`` for the bundled demo set (built on first use).
+        train: groups (or globs, ``2afc/train/*``) to train on; 2AFC only.
+        val: groups to validate on, one loader each; 2AFC and JND.
+        test: groups to test on, one loader each.
+        batch_size: items per minibatch, one optimizer step each (the paper's recipe: 50).
+        num_workers: loader processes (0: load in the main process).
+        in_memory: ``True`` loads the groups' images into RAM, ``False`` reads them from the
+            file as needed, ``"auto"`` loads them when they take less than half the free memory.
+        on_device: keep the training images on the accelerator as uint8, with no loader at all
+            (when they fit): training batches then hold indices, and the model gathers their images
+            with `gather_images`. ``"auto"`` does so on a GPU when they take less than a quarter of
+            its free memory.
+        index_only: training batches hold indices, judgments and groups, never images (for a model
+            that reads its training features elsewhere: LPIPSModule's feature cache).
+        steps_per_batch: minibatches of `batch_size` per training batch, for a model that takes one
+            optimizer step on each (LPIPSModule: 64 with its feature cache, 8 for its captured CUDA
+            step); the epoch visits the same items in the same order either way.
+    """
+
+    def __init__(
+        self,
+        path: str = "demo",
+        train: list[str] | None = None,
+        val: list[str] | None = None,
+        test: list[str] | None = None,
+        batch_size: int = 50,
+        num_workers: int = 0,
+        in_memory: bool | str = "auto",
+        on_device: bool | str = "auto",
+        index_only: bool = False,
+        steps_per_batch: int = 1,
+    ) -> None:
+        super().__init__()
+        if in_memory not in (True, False, "auto"):
+            raise ConfigError(f"in_memory must be true, false or auto, got {in_memory!r}")
+        if on_device not in (True, False, "auto"):
+            raise ConfigError(f"on_device must be true, false or auto, got {on_device!r}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if steps_per_batch < 1:
+            raise ConfigError(f"steps_per_batch must be at least 1, got {steps_per_batch}")
+        self.save_hyperparameters()
+        self.train_patterns = list(train if train is not None else ["2afc/train/*"])
+        # by default every val group of either kind: a file may hold only 2AFC or only JND groups
+        self.default_val = val is None
+        self.val_patterns = list(val if val is not None else DEFAULT_VAL)
+        self.test_patterns = list(test or [])
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.in_memory = in_memory
+        self.on_device = on_device
+        self.index_only = index_only
+        self.steps_per_batch = steps_per_batch
+        self.path = Path(path) if path != "demo" else None
+        self.train_groups: list[str] = []
+        self.val_groups: list[str] = []
+        self.test_groups: list[str] = []
+        self.datasets: dict[str, list[JudgmentsDataset]] = {}
+        self._device_store: dict[str, torch.Tensor] | None = None
+        if self.path is not None:  # fail early, before any model is built
+            self._resolve()
+
+    @property
+    def file(self) -> Path:
+        """The judgments file this module serves."""
+        return demo_path() if self.path is None else self.path
+
+    def _resolve(self) -> None:
+        with judgments.open_file(self.file) as f:
+            self.train_groups = judgments.resolve(f, self.train_patterns)
+            patterns = self.val_patterns
+            if self.default_val:
+                patterns = [g for g in judgments.groups(f) if any(fnmatchcase(g, p) for p in DEFAULT_VAL)]
+            self.val_groups = judgments.resolve(f, patterns)
+            self.test_groups = judgments.resolve(f, self.test_patterns)
+            chosen = dict.fromkeys(self.train_groups + self.val_groups + self.test_groups)
+            self._image_sizes = {g: tuple(f[g]["p0"].shape[-2:]) for g in chosen}
+        jnd_train = [g for g in self.train_groups if judgments.kind_of(g) != "2afc"]
+        if jnd_train:
+            raise ConfigError(f"{self.file}: training needs 2AFC groups; {', '.join(jnd_train)} is JND")
+
+    def prepare_data(self) -> None:
+        if self.path is None:
+            ensure_demo()
+
+    def _in_memory(self, groups: list[str]) -> bool:
+        if self.in_memory != "auto":
+            return bool(self.in_memory)
+        return JudgmentsDataset.nbytes(self.file, groups) < _available_memory() // 2
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:  # safe to call twice
+            return
+        self._resolve()
+        if self.train_groups:
+            on_device = not self.index_only and self._store_on_device(self.train_groups)
+            memory = on_device or self._in_memory(self.train_groups)
+            # on the device the loader yields indices only; the images are gathered there
+            train = JudgmentsDataset(self.file, self.train_groups, memory, index_only=on_device or self.index_only)
+            if on_device:
+                self._device_store = train.images
+            self.datasets["train"] = [train]
+        for stage_name, groups in (("val", self.val_groups), ("test", self.test_groups)):
+            if groups:
+                memory = self._in_memory(groups)
+                self.datasets[stage_name] = [
+                    JudgmentsDataset(self.file, [g], memory, [i]) for i, g in enumerate(groups)
+                ]
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.train_groups and world > 1 and len(self.datasets["train"][0]) < world * self.batch_size:
+            raise ConfigError(
+                f"{self.file}: {len(self.datasets['train'][0])} training items are fewer than one batch of "
+                f"{self.batch_size} per process on {world} processes"
+            )
+
+    def _loader(self, dataset: JudgmentsDataset, shuffle: bool, minibatches: int = 1) -> DataLoader:
+        sampler: torch.utils.data.Sampler | None = None
+        if shuffle:
+            sampler = EpochShuffleSampler(len(dataset))
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = UnpaddedDistributedSampler(dataset)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size * minibatches,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=keep_batch,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if "train" not in self.datasets:
+            raise ConfigError(f"{self.file}: no training groups selected (data.train)")
+        return self._loader(self.datasets["train"][0], shuffle=True, minibatches=self.steps_per_batch)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(d, False) for d in self.datasets.get("val", [])]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        if "test" not in self.datasets:
+            raise ConfigError(f"{self.file}: no test groups selected (data.test)")
+        return [self._loader(d, False) for d in self.datasets["test"]]
+
+    def image_sizes(self) -> dict[str, tuple[int, int]]:
+        """(height, width) of the images of every selected group."""
+        if not hasattr(self, "_image_sizes"):
+            self._resolve()
+        return dict(self._image_sizes)
+
+    def groups(self, stage: str) -> list[str]:
+        """The resolved groups of a stage (``train``, ``val``, ``test``), in loader order."""
+        return {"train": self.train_groups, "val": self.val_groups, "test": self.test_groups}[stage]
+
+    def _store_on_device(self, groups: list[str]) -> bool:
+        if self.on_device != "auto":
+            return bool(self.on_device)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        return JudgmentsDataset.nbytes(self.file, groups) < free // 4
+
+    def device_images(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The device-resident training images (ref, p0, p1: uint8), moved to `device` on first use."""
+        store = self._device_store
+        if store is None:
+            raise ConfigError(f"{self.file}: the training images are not kept on the device (on_device)")
+        if next(iter(store.values())).device != device:
+            store = self._device_store = {k: v.to(device) for k, v in store.items()}
+        return store
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        """An index-only training batch reached its device: the store follows it there, once, before any step."""
+        if self._device_store is not None and "index" in batch and "p0" not in batch:
+            self.device_images(batch["index"].device)
+        return batch
+
+    def gather_images(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """ref, p0 and p1 of training items `index` from the device-resident store, on `index`'s device."""
+        return {k: v[index] for k, v in self.device_images(index.device).items()}

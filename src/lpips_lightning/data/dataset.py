@@ -1,0 +1,170 @@
+"""The items of a judgments file as PyTorch sees them: a dataset of whole batches, and its samplers.
+
+`JudgmentsDataset` serves one or more groups of one kind as uint8 batches; `EpochShuffleSampler`
+orders training items by (seed, epoch) only, so a resumed run sees the batches an uninterrupted
+one would; `UnpaddedDistributedSampler` splits validation over processes without repeating items.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from ..errors import ConfigError, JudgmentsError
+from . import judgments
+
+
+class JudgmentsDataset(Dataset):
+    """The items of one or more groups of one kind, in memory or read lazily from the file.
+
+    Indexing with a list of indices (``__getitems__``, used by `DataLoader`) returns a whole
+    batch: ``{"ref", "p0", "p1"}`` (or ``{"p0", "p1"}``) uint8 (B, 3, H, W), ``"judge"`` (or
+    ``"same"``) float32 (B,), and ``"group"``, the index of each item's group in `group_ids`.
+    The HDF5 file is opened on first use in each process and never pickled. ``"index"`` holds
+    each item's index in the dataset; with `index_only` the images are left out.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        groups: Sequence[str],
+        in_memory: bool = False,
+        group_ids: Sequence[int] | None = None,
+        index_only: bool = False,
+    ) -> None:
+        if not groups:
+            raise ConfigError("a dataset needs at least one group")
+        kinds = {judgments.kind_of(g) for g in groups}
+        if len(kinds) != 1:
+            raise ConfigError(f"groups of different kinds cannot be mixed in one dataset: {', '.join(groups)}")
+        self.path = str(path)
+        self.groups = list(groups)
+        self.kind = kinds.pop()
+        self.keys = judgments.image_keys(self.kind)
+        self.target_key = judgments.TARGET[self.kind]
+        with judgments.open_file(self.path) as f:
+            lengths = [judgments.validate_group(f, g) for g in self.groups]
+            shapes = {f[g][self.keys[0]].shape[1:] for g in self.groups}
+            if len(shapes) != 1:
+                raise JudgmentsError(f"{self.path}: groups {', '.join(self.groups)} hold images of different sizes")
+            self.image_shape = shapes.pop()
+            self.targets = torch.from_numpy(
+                np.concatenate([judgments.read(f, g, self.target_key) for g in self.groups])
+            )
+            ids = group_ids if group_ids is not None else range(len(self.groups))
+            self.group_of = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in zip(ids, lengths)])
+            self.offsets = np.cumsum([0, *lengths])
+            self.images: dict[str, torch.Tensor] | None = None
+            if in_memory:
+                self.images = {
+                    k: torch.from_numpy(np.concatenate([judgments.read(f, g, k) for g in self.groups]))
+                    for k in self.keys
+                }
+        self._file: h5py.File | None = None
+        # only indices, judgments and groups: the images are gathered elsewhere (on the device)
+        self.index_only = index_only
+
+    @staticmethod
+    def nbytes(path: str | os.PathLike, groups: Sequence[str]) -> int:
+        """Bytes of image data the groups hold (what `in_memory` would load)."""
+        with judgments.open_file(path) as f:
+            return sum(f[g][k].size for g in groups for k in judgments.image_keys(judgments.kind_of(g)))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state
+
+    def _read(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        out = {k: np.empty((len(indices), *self.image_shape), np.uint8) for k in self.keys}
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        datasets = [[self._file[g][k] for k in self.keys] for g in self.groups]
+        for j, (i, gi) in enumerate(zip(indices, which)):
+            local = int(i - self.offsets[gi])
+            for k, d in zip(self.keys, datasets[gi]):
+                try:
+                    out[k][j] = _read_sample(d, local)
+                except OSError as err:
+                    raise judgments.damaged(self.path, self.groups[gi], k, err) from None
+        return {k: torch.from_numpy(v) for k, v in out.items()}
+
+    def read_images(self, indices: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The images of items `indices`, uint8 (B, 3, H, W) per key, from memory or the file."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if self.images is not None:
+            return {k: v[idx] for k, v in self.images.items()}
+        return self._read(idx.numpy())
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        batch = {} if self.index_only else self.read_images(idx)
+        batch[self.target_key] = self.targets[idx]
+        batch["group"] = self.group_of[idx]
+        batch["index"] = idx
+        return batch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
+def _read_sample(d: h5py.Dataset, i: int) -> np.ndarray:
+    """One sample: the raw chunk when it is one uncompressed sample (7 us), else h5py indexing (10 us)."""
+    if d.chunks is not None and d.chunks[0] == 1 and not d.compression and d.chunks[1:] == d.shape[1:]:
+        _, raw = d.id.read_direct_chunk((i,) + (0,) * (d.ndim - 1))
+        return np.frombuffer(raw, np.uint8).reshape(d.shape[1:])
+    return d[i]
+
+
+def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`DataLoader` collate for `JudgmentsDataset`: `__getitems__` already built the batch."""
+    return batch
+
+
+def epoch_seed(epoch: int) -> int:
+    """The seed of one epoch's shuffling and dropout: depends only on the run's seed and `epoch`."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + epoch
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A random order that depends only on (seed, epoch): a resumed run sees the same batches.
+
+    Lightning calls `set_epoch` before every epoch, also when it resumes from a checkpoint.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(epoch_seed(self.epoch))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Each rank takes every world_size-th item, without DistributedSampler's padding repeats.
+
+    Validation must see every item exactly once: a repeated triplet changes the 2AFC score.
+    Being a `DistributedSampler`, Lightning leaves it in place.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]

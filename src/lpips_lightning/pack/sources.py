@@ -1,0 +1,126 @@
+"""What a SOURCE of ``pack`` is, and its group plans: a BAPPS folder tree, BAPPS archives or a CSV.
+
+- a folder holding ``2afc/`` or ``jnd/``: an unpacked BAPPS tree (`plan_tree`), every
+  ``<kind>/<split>/<subset>`` folder a group, its files paired by stem;
+- a folder holding any of `bapps.bapps_archives`, or one ``.tar.gz``/``.tgz``/``.tar``: BAPPS
+  archives, read once to their end here (`archive_index.plan_archives`);
+- a ``.csv`` file: one group (`csv_source.plan_csv`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import PackError
+from .archive_index import plan_archives
+from .archives import ARCHIVE_SUFFIXES
+from .bapps import FOLDERS, bapps_archives, check_subset, extensions, paired_stems
+from .csv_source import plan_csv
+from .plans import GroupPlan
+
+
+def _stems(folder: Path, suffixes: set[str]) -> dict[str, Path]:
+    """The files of one subset folder by stem (those with one of `suffixes`); a stem twice is refused."""
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.suffix.lower() in suffixes and entry.is_symlink() and not entry.exists():
+            raise PackError(f"{entry}: a link to {os.readlink(entry)}, which does not exist")
+        if entry.suffix.lower() in suffixes and entry.is_file():
+            if entry.stem in found:
+                raise PackError(
+                    f"{folder}: two files with stem {entry.stem!r} ({found[entry.stem].name}, {entry.name})"
+                )
+            found[entry.stem] = entry
+    return found
+
+
+def plan_tree(root: Path) -> list[GroupPlan]:
+    """Every ``<kind>/<split>/<subset>`` folder under a BAPPS root, its files paired by stem."""
+    plans = []
+    for kind, folders in FOLDERS.items():
+        if not (root / kind).is_dir():
+            continue
+        for split in sorted(p for p in (root / kind).iterdir() if p.is_dir()):
+            for subset in sorted(p for p in split.iterdir() if p.is_dir()):
+                group = f"{kind}/{split.name}/{subset.name}"
+                check_subset(str(subset), group, [f for f in folders if (subset / f).is_dir()])
+                per_folder = {f: _stems(subset / f, extensions(f)) for f in folders}
+                stems = paired_stems(str(subset), kind, per_folder, lambda f, subset=subset: str(subset / f))
+                plan = GroupPlan(group, str(subset), names=stems)
+                image_folders, target_folder = folders[:-1], folders[-1]
+                for s in stems:
+                    plan.images.append(tuple(str(per_folder[f][s]) for f in image_folders))
+                    plan.targets.append(str(per_folder[target_folder][s]))
+                plans.append(plan)
+    if not plans:
+        raise PackError(f"{root}: no subsets found (expected 2afc/<split>/<subset>/ or jnd/<split>/<subset>/)")
+    return plans
+
+
+def named_archives(source: Path) -> list[Path]:
+    """The archives SOURCE names before any is read: itself (an archive file), or those its folder holds."""
+    try:
+        if source.name.lower().endswith(ARCHIVE_SUFFIXES) and source.is_file():
+            return [source]
+        if source.is_dir() and not any((source / k).is_dir() for k in FOLDERS):
+            return [source / name for name in bapps_archives() if (source / name).is_file()]
+    except OSError:
+        pass
+    return []
+
+
+def _no_group(source: Path, group: str | None) -> None:
+    if group:
+        raise PackError(f"{source}: --group applies to a CSV source; BAPPS subsets keep their own names")
+
+
+def plan_source(source: str | os.PathLike, group: str | None = None, progress: bool = False) -> list[GroupPlan]:
+    """What `pack` would write for SOURCE (see the module docstring); `progress`: a bar of archive bytes read."""
+    source = Path(source)
+    try:
+        if not source.exists():
+            raise PackError(f"{source}: no such file or folder")
+        if source.suffix.lower() == ".csv":
+            if source.is_dir():
+                raise PackError(f"{source}: is a folder, not a CSV file")
+            if not source.is_file():
+                raise PackError(f"{source}: not a regular file")
+            return plan_csv(source, group)
+        if source.name.lower().endswith(ARCHIVE_SUFFIXES) and not source.is_dir():
+            if not source.is_file():
+                raise PackError(f"{source}: not a regular file")
+            archives = [source]
+        elif source.is_dir():
+            tree = [k for k in FOLDERS if (source / k).is_dir()]
+            archives = [source / name for name in bapps_archives() if (source / name).is_file()]
+            if tree and archives:
+                raise PackError(
+                    f"{source}: holds both an unpacked BAPPS tree ({', '.join(k + '/' for k in tree)}) and archives "
+                    f"({', '.join(a.name for a in archives)}); pass the archive itself, or move the tree to a folder "
+                    "of its own"
+                )
+            if tree:
+                _no_group(source, group)
+                return plan_tree(source)
+            partial = [
+                name
+                for name in bapps_archives()
+                if (source / f".{name}.part").is_file() and not (source / name).is_file()
+            ]
+            if partial:  # packing the rest would quietly leave that part's groups out
+                raise PackError(
+                    f"{source}: {partial[0]} is only partly downloaded (.{partial[0]}.part); run "
+                    f"`lpips-lightning download bapps {source}` again to finish it"
+                )
+        else:
+            archives = []
+        if archives:
+            _no_group(source, group)
+            return plan_archives(archives, progress)
+    except OSError as err:  # unreadable folders or files, names too long, ...
+        raise PackError(f"{err.filename or source}: cannot read ({err.strerror or type(err).__name__})") from None
+    raise PackError(
+        f"{source}: neither a BAPPS root (a folder holding 2afc/ or jnd/), a folder of BAPPS archives "
+        f"({', '.join(bapps_archives())}), a .tar.gz archive nor a .csv file"
+    )

@@ -1,0 +1,141 @@
+"""What a training run leaves behind besides checkpoints and logs: subset charts, the config, a summary.
+
+`SubsetChart` draws the per-subset validation scores after each validation (a PNG in the run
+folder, an image per epoch in W&B), `SaveConfig` stores the resolved config in the W&B run too,
+and `FitSummary` prints the best score, each subset's and where the files are when fit ends.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.cli import SaveConfigCallback
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from ..outputs import atomic_output
+from .cadence import logged_step, wandb_offline
+
+
+def subset_chart(scores: dict[str, float], title: str):
+    """A horizontal bar chart of per-subset scores (2AFC and JND mAP), with the 0.5 chance line."""
+    import matplotlib  # heavy (half a second): only a run that draws its chart needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(scores)
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.5))
+    colors = ["#4c72b0" if n.startswith("2afc") else "#dd8452" for n in names]
+    ax.barh(names, [scores[n] for n in names], color=colors)
+    for i, n in enumerate(names):
+        ax.text(scores[n], i, f" {scores[n]:.3f}", va="center")
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.text(0.5, -0.6, " chance (2AFC)", color="grey", fontsize="small", va="bottom")
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel("2AFC score / JND mAP (fraction)")
+    ax.invert_yaxis()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _figure_array(fig):
+    """The figure's pixels as a uint8 (H, W, 3) array."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+class SubsetChart(Callback):
+    """At each validation end: a per-subset chart (2AFC and JND mAP) as PNG in the run folder and in W&B.
+
+    The file on disk shows the latest epoch; W&B keeps one image per epoch (the pixels are
+    logged, not the file, which the next epoch replaces).
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import matplotlib.pyplot as plt  # heavy: see `subset_chart`
+
+        if trainer.sanity_checking:
+            return
+        scores = getattr(pl_module, "scores", {}).get("val", {})
+        shown = {
+            k.split("/", 1)[1].replace("jnd_map/", "jnd/"): v
+            for k, v in scores.items()
+            if k.startswith(("val/2afc/", "val/jnd_map/"))
+        }
+        if not shown:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / "val_subsets.png"
+        fig = subset_chart(shown, f"validation after epoch {trainer.current_epoch}")
+        try:
+            with atomic_output(path, overwrite=True, what="chart") as tmp:
+                fig.savefig(tmp, format="png", dpi=100)
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_image(
+                        "val/subsets_chart",
+                        [_figure_array(fig)],
+                        step=logged_step(trainer),  # the step other metrics use
+                        caption=[f"epoch {trainer.current_epoch}"],
+                    )
+        finally:
+            plt.close(fig)
+
+
+class SaveConfig(SaveConfigCallback):
+    """Save the resolved config in the run folder (LightningCLI's default) and in the W&B run config."""
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update({"config": self.config.as_dict()}, allow_val_change=True)
+
+
+class FitSummary(Callback):
+    """When fit ends, print the best validation score, each subset's score, and where things are."""
+
+    def __init__(self, run_dir: str | os.PathLike | None) -> None:
+        self.run_dir = None if run_dir is None else Path(run_dir)  # None: a fast_dev_run, which writes nothing
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+        best = next((c for c in checkpoints if c.monitor), None)
+        last = next((c for c in checkpoints if not c.monitor), None)
+        scores = getattr(pl_module, "scores", {}).get("val", {})
+        lines = ["", "=== lpips-lightning: fit finished ==="]
+        if best is not None and best.best_model_score is not None:
+            lines.append(f"best {best.monitor}: {float(best.best_model_score):.4f}")
+        if scores:
+            lines.append(f"last validation (after epoch {trainer.current_epoch - 1}):")
+            lines += [f"  {k:<28} {v:.4f}" for k, v in scores.items()]
+        relative = self.run_dir is not None and not self.run_dir.is_absolute()  # shown as the run folder is
+        if best is not None and best.best_model_path:
+            lines.append(f"best checkpoint: {_shown_path(best.best_model_path, relative)}")
+        if last is not None and last.best_model_path:
+            lines.append(f"last checkpoint: {_shown_path(last.best_model_path, relative)}")
+        lines.append(f"run folder: {self.run_dir}" if self.run_dir else "fast_dev_run: a quick check, no files written")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and wandb_offline(logger):
+                lines.append(f"W&B (offline): wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}")
+        print("\n".join(lines), flush=True)
+
+
+def _shown_path(path: str | os.PathLike, relative: bool) -> str:
+    """`path` relative to the working folder if `relative` and it lies inside it, else as it is."""
+    if not relative:
+        return str(path)
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,120 @@
+"""A run's logs: a CSV log that a resumed run continues, and a W&B run, online when it can be, else offline.
+
+A run folder's ``metrics.csv`` keeps its history when the run resumes (`ResumableCSVLogger`);
+W&B runs online when a key is known and its server answers within 3 s, else offline with a
+line on how to sync it later, and a resumed run continues the W&B run it logged to before.
+"""
+
+from __future__ import annotations
+
+import csv
+import netrc
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+from .cadence import drop_anonymous_none
+from .runs import global_rank_zero, rank_zero_print
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSV log, except that a resumed run keeps the rows logged before its checkpoint.
+
+    (Lightning's deletes an existing ``metrics.csv``.) Rows after the checkpoint's step came
+    from the interrupted part of the run, which the resumed run repeats: they are dropped.
+    """
+
+    def __init__(self, *args, keep_until_step: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_until_step = keep_until_step
+        self.restored = False  # the kept rows are written back when the log is first opened
+
+    def _before_resume(self, row: dict) -> bool:
+        """Whether a row was logged before the checkpoint.
+
+        Earlier steps, and at the checkpoint's step the finished epoch's rows: an epoch-start
+        row there (the learning rate) is logged again by the resumed run.
+        """
+        if not row.get("step"):
+            return False
+        step = int(float(row["step"]))
+        return step < self.keep_until_step or (step == self.keep_until_step and bool(row.get("epoch")))
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self.restored:
+            return super().experiment
+        self.restored = True
+        path = Path(self.log_dir) / "metrics.csv"
+        kept: list[dict] = []
+        header: list[str] = []
+        if self.keep_until_step is not None and path.is_file():
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                header = list(reader.fieldnames or [])
+                kept = [r for r in reader if self._before_resume(r)]
+            path.unlink()  # Lightning's writer would delete it anyway; it is rewritten below
+        experiment = super().experiment
+        if header:
+            with open(path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(kept)
+            experiment.metrics_keys = header
+        return experiment
+
+
+def wandb_online() -> bool:
+    """Whether W&B can run online: a key is known and its server answers within 3 s (never a hang)."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host = url.hostname or "api.wandb.ai"
+    try:
+        port = url.port or (80 if url.scheme == "http" else 443)
+    except ValueError:  # a port that is not a number
+        return False
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            key = (netrc.netrc().authenticators(host) or (None, None, None))[2]
+        except (OSError, netrc.NetrcParseError):
+            key = None
+    if not key:
+        return False
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def wandb_run_id(run_dir: Path) -> str | None:
+    """The id of the W&B run a resumed run logged to before, so that its history continues."""
+    runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].name.rsplit("-", 1)[1] if runs else None
+
+
+def make_loggers(run_dir: Path, run_name: str, project: str, resume_step: int | None = None) -> list:
+    """A CSV log and, unless W&B is disabled, a W&B run: online when logged in and reachable, else offline.
+
+    `resume_step`: the run resumes from a checkpoint at this step; its logs keep what came before.
+    """
+    loggers: list = [ResumableCSVLogger(save_dir=str(run_dir), name="", version="", keep_until_step=resume_step)]
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("disabled", "dryrun-disabled"):
+        return loggers
+    offline = mode in ("offline", "dryrun") or (global_rank_zero() and not wandb_online())
+    if offline:
+        os.environ["WANDB_MODE"] = "offline"
+        hint = f"wandb sync {run_dir}/wandb/offline-run-*"
+        rank_zero_print(f"W&B runs offline (not logged in, or no network); sync later with: {hint}")
+    resume = {"id": wandb_run_id(run_dir), "resume": "allow"} if resume_step is not None else {}
+    resume = resume if resume.get("id") else {}
+    logger = WandbLogger(name=run_name, project=project, save_dir=str(run_dir), offline=offline, **resume)
+    drop_anonymous_none(logger)
+    loggers.append(logger)
+    return loggers

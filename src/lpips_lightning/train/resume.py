@@ -1,0 +1,77 @@
+"""What a resumed run may change: a checkpoint given with ``--ckpt_path`` and the model options beside it.
+
+The checkpoint must be a plain checkpoint of this project (read without running code), and
+model options given on the command line or in a --config file may not contradict it:
+LightningCLI would silently take the checkpoint's values. Options that change how fast a run
+goes, not what it trains (`RUNTIME_OPTIONS`), may change.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError
+from ..model.checkpoint import read_checkpoint
+from .module import LPIPSModule
+
+# options that change how fast a run goes, not what it trains: a resumed run may change them
+RUNTIME_OPTIONS = ("compile", "channels_last")
+
+
+def check_checkpoint(ckpt: str) -> tuple[dict, dict]:
+    """(hyperparameters, info) of a plain lpips-lightning checkpoint; one clear line for anything else."""
+    if Path(ckpt).is_dir():
+        raise ConfigError(f"--ckpt_path {ckpt}: is a folder; give a checkpoint file (e.g. {Path(ckpt) / 'last.ckpt'})")
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file")
+    hp, _, info = read_checkpoint(ckpt)
+    return hp, info
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def explicit_options(argv: list[str], config_files: list[str], section: str = "model") -> set[str]:
+    """The `section` options a user gave: ``--model.X`` on the command line or ``model: {X: ...}`` in a --config."""
+    given = set()
+    for arg in argv:
+        if arg.startswith(f"--{section}."):
+            given.add(arg[len(section) + 3 :].split("=", 1)[0].split(".", 1)[0])
+    for path in config_files:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        block = data.get(section) if isinstance(data, dict) else None
+        if isinstance(block, dict):
+            given |= set(block.get("init_args", block))
+    return given
+
+
+def refuse_conflicts(model_config, hp: dict, ckpt: str, explicit: set[str] = frozenset()) -> dict:
+    """Raise if an option given for the model contradicts the checkpoint; return the runtime options to keep.
+
+    An option counts as given when it is in `explicit` (on the command line or in a config
+    file) or differs from `LPIPSModule`'s default.
+    """
+    defaults = {k: p.default for k, p in inspect.signature(LPIPSModule.__init__).parameters.items() if k != "self"}
+    keep = {}
+    for key, default in defaults.items():
+        given = model_config.get(key, default)
+        if (_same(given, default) and key not in explicit) or key not in hp or _same(given, hp[key]):
+            continue
+        if key in RUNTIME_OPTIONS:
+            keep[key] = given
+            continue
+        raise ConfigError(
+            f"model.{key} {given!r} (given on the command line or in a --config file) conflicts with the "
+            f"checkpoint {ckpt}, trained with {key} {hp[key]!r}; "
+            "drop the option, or train a new run without --ckpt_path"
+        )
+    return keep
