@@ -33,7 +33,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from jsonargparse import Namespace  # noqa: E402
 
-from lpips_lightning.backbones import short_name  # noqa: E402
+from lpips_lightning.backbones.specs import short_name  # noqa: E402
 from lpips_lightning.data import judgments  # noqa: E402
 from lpips_lightning.data.datamodule import JudgmentsDataModule  # noqa: E402
 from lpips_lightning.train import links  # noqa: E402

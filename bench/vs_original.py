@@ -118,7 +118,7 @@ def main() -> int:
         if args.full_loop:
             from pack_speed import make_tree
 
-            from lpips_lightning.pack import pack
+            from lpips_lightning.pack.pack import pack
 
             make_tree(Path(tmp) / "bapps", n, 64)
             start = time.perf_counter()

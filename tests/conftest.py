@@ -35,7 +35,7 @@ def pytest_unconfigure(config) -> None:
 
 def write_fake_imagenet(torch_home: Path, names=("alex", "vgg", "squeeze"), seed: int = 0) -> None:
     """Save randomly initialised torchvision state dicts under the file names the weights API expects."""
-    from lpips_lightning.backbones import BACKBONES
+    from lpips_lightning.backbones.classic import BACKBONES
 
     folder = torch_home / "hub" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def write_png16(path: Path, samples, color_type: int) -> None:
 @pytest.fixture
 def bapps_h5(tmp_path) -> Path:
     """A packed tiny BAPPS file (2afc train/val, jnd val)."""
-    from lpips_lightning.pack import pack
+    from lpips_lightning.pack.pack import pack
 
     make_bapps(tmp_path / "bapps", n=12)
     return pack(tmp_path / "bapps", tmp_path / "bapps.h5", size=32, workers=1, progress=False)
@@ -206,7 +206,7 @@ def bapps_h5(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def module_bapps_h5(tmp_path_factory) -> Path:
     """`bapps_h5` made once per test module: for module-scoped fixtures that train on it once."""
-    from lpips_lightning.pack import pack
+    from lpips_lightning.pack.pack import pack
 
     root = tmp_path_factory.mktemp("bapps")
     make_bapps(root / "bapps", n=12)
@@ -369,7 +369,7 @@ class TrainedMetrics(dict):
         super().__init__()
         self.root = root
         make_bapps(root / "b", n=8)
-        from lpips_lightning.pack import pack
+        from lpips_lightning.pack.pack import pack
 
         self.data = pack(root / "b", root / "d.h5", size=32, workers=1, progress=False)
 
@@ -403,7 +403,7 @@ def trained_run(tmp_path_factory) -> dict[str, Path]:
     from unittest import mock
 
     from lpips_lightning.cli.main import main
-    from lpips_lightning.pack import pack
+    from lpips_lightning.pack.pack import pack
 
     root = tmp_path_factory.mktemp("trained_run")
     make_bapps(root / "b", n=12)

@@ -18,8 +18,9 @@ from torch import nn
 from lpips_lightning import load
 from lpips_lightning.data.datamodule import JudgmentsDataModule
 from lpips_lightning.errors import ConfigError
-from lpips_lightning.export import export, model_from_checkpoint, read_checkpoint
-from lpips_lightning.pack import pack
+from lpips_lightning.export import export
+from lpips_lightning.model.checkpoint import model_from_checkpoint, read_checkpoint
+from lpips_lightning.pack.pack import pack
 from lpips_lightning.train.module import LPIPSModule
 
 pytest.importorskip("timm")
@@ -138,19 +139,17 @@ def _plain(value) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
+@pytest.mark.parametrize("trained", ["resnet18"], indirect=True)
 def test_lpips_pth_export_is_refused_in_one_line(trained, tmp_path, capfd):
     family, ckpt, metric, files = trained
-    if family != "resnet18":
-        pytest.skip("one family is enough")
     line = assert_refused(["export", str(ckpt), str(tmp_path / "m.pth")], capfd, tmp_path)
     assert "describes alex, vgg and squeeze only, not backbone torchvision:resnet18" in line
     assert ".safetensors" in line
 
 
+@pytest.mark.parametrize("trained", ["vit", "custom"], indirect=True)
 def test_distance_and_evaluate_take_any_backbone(trained, tmp_path, capsys, data):
     family, ckpt, metric, files = trained
-    if family not in ("vit", "custom"):
-        pytest.skip("two families are enough")
     import numpy as np
     from PIL import Image
 

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from lpips_lightning import LPIPS
-from lpips_lightning.backbones import FAMILIES, Backbone, Built, normalize_spec, register_family
+from lpips_lightning.backbones import FAMILIES, Backbone, Built, register_family
 from lpips_lightning.backbones.classic import TapSequence
-from lpips_lightning.backbones.specs import canonical, family_of
+from lpips_lightning.backbones.specs import canonical, family_of, normalize_spec
 from lpips_lightning.errors import ConfigError, WeightsError
 
 pytest.importorskip("timm")

@@ -6,7 +6,7 @@ import pytest
 from torch import nn
 
 from lpips_lightning import LPIPS
-from lpips_lightning.backbones import normalize_spec, short_name
+from lpips_lightning.backbones.specs import normalize_spec, short_name
 from lpips_lightning.errors import ConfigError
 from lpips_lightning.train.module import LPIPSModule
 

@@ -45,7 +45,7 @@ def refused(argv: list[str], capfd, *watch: Path) -> str:
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> Path:
     """A packed tiny BAPPS (2afc train/val, jnd val): what the refusals are given as data."""
-    from lpips_lightning.pack import pack
+    from lpips_lightning.pack.pack import pack
 
     root = tmp_path_factory.mktemp("packed")
     make_bapps(root / "b", n=12)

@@ -287,7 +287,7 @@ def test_distance_command(imagenet_cache, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> Path:
-    from lpips_lightning.pack import pack
+    from lpips_lightning.pack.pack import pack
 
     root = tmp_path_factory.mktemp("packed")
     make_bapps(root / "b", n=12)

@@ -227,7 +227,7 @@ def test_a_packed_file_without_jnd_groups_is_packed_again(tmp_path):
     """After `download --parts train val`, bapps.h5 has no JND groups: every fit's validation would fail."""
     from conftest import make_bapps
 
-    from lpips_lightning.pack import pack
+    from lpips_lightning.pack.pack import pack
 
     make_bapps(tmp_path / "b", n=2, jnd=False)
     assert not rp.packed_ok(pack(tmp_path / "b", tmp_path / "2afc_only.h5", size=8, workers=1, progress=False))

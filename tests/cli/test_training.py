@@ -225,7 +225,7 @@ def test_ddp_two_processes_validate_like_one(tmp_path):
     """
     import h5py
 
-    from lpips_lightning.pack import pack
+    from lpips_lightning.pack.pack import pack
 
     make_bapps(tmp_path / "b", n=13)  # odd: DistributedSampler would pad with a repeat
     data = pack(tmp_path / "b", tmp_path / "d.h5", size=32, workers=1, progress=False)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lpips_lightning import LPIPS
-from lpips_lightning.backbones import BACKBONES, Backbone, cache_file
+from lpips_lightning.backbones import Backbone
+from lpips_lightning.backbones.classic import BACKBONES, cache_file
 from lpips_lightning.errors import ConfigError, WeightsError
 from lpips_lightning.model.lpips import dropout_half, normalize_tensor
 

@@ -18,7 +18,7 @@ from bapps_mirror import build_bapps_archives
 from conftest import snapshot, start_pack
 from pack_inputs import ONE_ROW, copy_archives, csv_file, slow_archive, slow_csv
 
-import lpips_lightning.pack
+import lpips_lightning.pack.pack
 from lpips_lightning.cli.main import main
 from lpips_lightning.data import judgments
 from lpips_lightning.errors import Interrupted
@@ -172,7 +172,7 @@ def test_cli_prints_interrupted_with_the_status(tmp_path, capfd, monkeypatch):
     def interrupted(*args, **kwargs):
         raise Interrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(lpips_lightning.pack, "pack", interrupted)  # where `pack_command` imports it from
+    monkeypatch.setattr(lpips_lightning.pack.pack, "pack", interrupted)  # where `pack_command` imports it from
     capfd.readouterr()
     assert main(["pack", "a.csv", str(tmp_path / "o.h5")]) == 143
     assert capfd.readouterr().err == "interrupted\n"

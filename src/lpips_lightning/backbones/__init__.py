@@ -19,31 +19,13 @@ from .backbone import Backbone
 from .registry import FAMILIES, Built, register_family
 from .specs import BackboneArg, display_name, normalize_spec, short_name
 
-# isort: split
-# transitional re-exports: removed when the redesign lands
-from .classic import BACKBONES, SCALE, SHIFT, BackboneSpec, cache_file, imagenet_state_dict
-from .custom import import_object, module_class, require_trusted
-from .lora import LoRALinear
-from .probe import probe
-
 __all__ = [
-    "BACKBONES",
     "FAMILIES",
-    "SCALE",
-    "SHIFT",
     "Backbone",
     "BackboneArg",
-    "BackboneSpec",
     "Built",
-    "LoRALinear",
-    "cache_file",
     "display_name",
-    "imagenet_state_dict",
-    "import_object",
-    "module_class",
     "normalize_spec",
-    "probe",
     "register_family",
-    "require_trusted",
     "short_name",
 ]

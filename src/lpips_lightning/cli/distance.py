@@ -87,7 +87,7 @@ def distance_command(
     heads = heads or "official"
     heads = None if heads.lower() == "none" else heads
     if not model:  # options first: no image is read for a command that cannot run
-        check_choice("backbone", backbone, list(backbones.BACKBONES))
+        check_choice("backbone", backbone, list(backbones.classic.BACKBONES))
         check_choice("version", chosen, lpips.VERSIONS)
         if heads == "official" and chosen != "0.1":
             raise ConfigError(
@@ -110,7 +110,7 @@ def distance_command(
         _check_model(metric, model, backbone, version)
         min_size, name = metric.min_size, metric.backbone_name
     else:
-        min_size, name = backbones.BACKBONES[backbone].min_size, backbone
+        min_size, name = backbones.classic.BACKBONES[backbone].min_size, backbone
     try:  # before any weights of the metric are read
         lpips.check_image_size(*pair[0].shape[-2:], min_size, name, f"{img0}, {img1}")
     except ConfigError as err:

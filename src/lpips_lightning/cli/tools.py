@@ -49,7 +49,7 @@ def pack_command(
         quiet: no progress bar
     """
     from ..data import judgments
-    from ..pack import pack
+    from ..pack.pack import pack
 
     # Interrupted (SIGINT, SIGTERM) goes up to cli.main: "interrupted", exit status err.status
     written = pack(source, out, size, workers, group, overwrite, progress=not quiet)
@@ -137,7 +137,7 @@ def export_command(
             only where the backbone does not export for any size
         trust_code: build a custom backbone (class_path) named by the file: this imports and runs its code
     """
-    from ..export import FORMATS, export
+    from ..export.write import FORMATS, export
 
     how = export(ckpt, out, format, overwrite, size, trust_code)
     print(f"wrote {out}")

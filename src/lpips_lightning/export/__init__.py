@@ -20,19 +20,9 @@ from .lpips_format import load_into_torchmetrics
 from .read import load
 from .write import FORMATS, export
 
-# isort: split
-# transitional re-exports: removed when the redesign lands
-from ..model.checkpoint import model_from_checkpoint, read_checkpoint
-from .onnx_format import OnnxMetric
-from .torchscript_format import TorchScriptMetric
-
 __all__ = [
     "FORMATS",
-    "OnnxMetric",
-    "TorchScriptMetric",
     "export",
     "load",
     "load_into_torchmetrics",
-    "model_from_checkpoint",
-    "read_checkpoint",
 ]

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Backbone, BackboneArg
+from ..backbones.backbone import Backbone
 from ..backbones.classic import SCALE, SHIFT
+from ..backbones.specs import BackboneArg
 from ..errors import ConfigError, WeightsError, check_choice
 from ..weights import check_fits, load_state_dict_file
 from .lpips_names import drop_lpips_aliases, from_lpips_names, official_heads_file, to_lpips_names

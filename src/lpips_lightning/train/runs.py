@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..backbones import short_name
+from ..backbones.specs import short_name
 from ..errors import ConfigError, LPIPSLightningError
 from ..outputs import _pid_alive
 from .resume import check_checkpoint, refuse_conflicts
