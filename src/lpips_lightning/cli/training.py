@@ -167,10 +167,22 @@ class LPIPSCLI(LightningCLI):
             raise
 
 
+class _NoTips(logging.Filter):
+    """Drops Lightning's "💡 Tip" lines: advice about other products, on every fit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+_NO_TIPS = _NoTips()  # one instance: `addFilter` adds it once however often a process runs `fit`
+
+
 def _quiet_lightning() -> None:
     """Silence what every run would print or warn that says nothing about this run."""
     # "Seed set to 0" would come before any one-line refusal; the seed is in the saved config anyway
     logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
+    # Lightning's advertisement for its cloud logger (checked against pytorch_lightning 2.6)
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_TIPS)
     # the run folder is new, or a resumed run's own (see `runs`): the logger and checkpoints may land in it
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
