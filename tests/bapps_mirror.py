@@ -218,3 +218,18 @@ def serve(folder: str | Path, **knobs) -> Iterator[Mirror]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def run_download(argv: list[str], capfd) -> tuple[int, str, str]:
+    """``lpips-lightning download ARGV`` in this process: (exit status, stdout, stderr)."""
+    from lpips_lightning.cli.main import main
+
+    capfd.readouterr()
+    status = main(["download", *argv])
+    out, err = capfd.readouterr()
+    return status, out, err
+
+
+def part_of(folder: Path, name: str) -> Path:
+    """Where a download of archive `name` into `folder` keeps its partial file."""
+    return folder / f".{name}.part"

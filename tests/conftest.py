@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,6 +213,60 @@ def module_bapps_h5(tmp_path_factory) -> Path:
     make_bapps(root / "bapps", n=12)
     return pack(root / "bapps", root / "bapps.h5", size=32, workers=1, progress=False)
 
+
+def write_judgments(path: Path, groups: dict[str, dict[str, np.ndarray]]) -> Path:
+    """A judgments file of the given groups ({name: {array key: array}}), through the project's writer."""
+    from lpips_lightning.data import judgments
+
+    with judgments.write(path) as w:
+        for name, arrays in groups.items():
+            n, _, h, wd = arrays["p0"].shape
+            g = w.create_group(name, n, (h, wd))
+            w.fill(g, 0, arrays)
+    return path
+
+
+def random_group(kind: str, n: int = 6, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """The arrays of one group of `kind` ("2afc" or "jnd"): random images and judgments."""
+    from lpips_lightning.data import judgments
+
+    rng = np.random.default_rng(seed)
+    arrays = {k: rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8) for k in judgments.image_keys(kind)}
+    arrays[judgments.TARGET[kind]] = rng.random(n).astype(np.float32)
+    return arrays
+
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Path:
+    """A folder holding the three synthetic BAPPS archives (built once per test module)."""
+    from bapps_mirror import build_bapps_archives
+
+    folder = tmp_path_factory.mktemp("mirror")
+    build_bapps_archives(folder)
+    return folder
+
+
+@pytest.fixture
+def mirror(served):
+    """`served` on a local HTTP server (`bapps_mirror.serve`)."""
+    from bapps_mirror import serve
+
+    with serve(served) as m:
+        yield m
+
+
+@pytest.fixture
+def pngs(tmp_path) -> list[Path]:
+    """Two random 44 x 52 RGB PNG files, a.png and b.png."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    files = []
+    for n in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (44, 52, 3), dtype=np.uint8)).save(tmp_path / f"{n}.png")
+        files.append(tmp_path / f"{n}.png")
+    return files
 
 def parsed_trainer_options(**given):
     """Trainer options as `fit`'s command line parses them (Lightning's defaults, then `given`)."""

@@ -10,13 +10,11 @@ import os
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 import torch
-from conftest import assert_refused, make_bapps, training_args
+from conftest import assert_refused, random_group, training_args, write_judgments
 
 from lpips_lightning.cli.main import main
-from lpips_lightning.data import judgments
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -43,29 +41,9 @@ def refused(argv: list[str], capfd, *watch: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory) -> Path:
+def packed(module_bapps_h5) -> Path:
     """A packed tiny BAPPS (2afc train/val, jnd val): what the refusals are given as data."""
-    from lpips_lightning.pack.pack import pack
-
-    root = tmp_path_factory.mktemp("packed")
-    make_bapps(root / "b", n=12)
-    return pack(root / "b", root / "d.h5", size=32, workers=1, progress=False)
-
-
-def _write_judgments(path: Path, groups: dict[str, dict[str, np.ndarray]]) -> Path:
-    with judgments.write(path) as w:
-        for name, arrays in groups.items():
-            n, _, h, wd = arrays["p0"].shape
-            g = w.create_group(name, n, (h, wd))
-            w.fill(g, 0, arrays)
-    return path
-
-
-def _group(kind: str, n: int = 6, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    arrays = {k: rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8) for k in judgments.image_keys(kind)}
-    arrays[judgments.TARGET[kind]] = rng.random(n).astype(np.float32)
-    return arrays
+    return module_bapps_h5
 
 
 def _binary(tmp: Path) -> Path:
@@ -200,8 +178,8 @@ def test_tool_refusals_are_one_line(packed, tmp_path, capfd, argv, message, monk
 
 
 def test_images_too_small_for_the_backbone(tmp_path, capfd, imagenet_cache):
-    groups = {"2afc/train/t": _group("2afc", size=1), "2afc/val/t": _group("2afc", size=1)}
-    tiny = _write_judgments(tmp_path / "tiny.h5", groups)
+    groups = {"2afc/train/t": random_group("2afc", size=1), "2afc/val/t": random_group("2afc", size=1)}
+    tiny = write_judgments(tmp_path / "tiny.h5", groups)
     err = refused(["fit", *training_args(tmp_path / "runs", tiny, "--data.val", "[2afc/val/*]")], capfd, tmp_path)
     assert "1x1" in err and "minimum" in err and "alex" in err
     err = refused(["evaluate", "baseline:alex", "--data", str(tiny), "--quiet"], capfd, tmp_path)
@@ -229,10 +207,10 @@ def test_evaluate_leaves_no_out_folder_when_it_refuses(packed, tmp_path, capfd):
 # --- HDF5 files whose data cannot be trusted to read back ------------------------------------------
 @pytest.fixture
 def small_judgments(tmp_path) -> Path:
-    return _write_judgments(tmp_path / "ok.h5", {"2afc/val/t": _group("2afc", n=8, size=32)})
+    return write_judgments(tmp_path / "ok.h5", {"2afc/val/t": random_group("2afc", n=8, size=32)})
 
 
-def _copy_group(src: Path, dst: Path, tweak) -> Path:
+def _copyrandom_group(src: Path, dst: Path, tweak) -> Path:
     """A copy of judgments file `src` with 2afc/val/t's p1 rewritten by `tweak(group, array)`."""
     dst.write_bytes(src.read_bytes())
     with h5py.File(dst, "r+") as f:
@@ -247,7 +225,7 @@ def test_a_damaged_compressed_chunk_is_one_line(small_judgments, tmp_path, capfd
     def gzip(g, p1):
         g.create_dataset("p1", data=p1, compression="gzip", chunks=p1.shape)
 
-    bad = _copy_group(small_judgments, tmp_path / "gz.h5", gzip)
+    bad = _copyrandom_group(small_judgments, tmp_path / "gz.h5", gzip)
     with h5py.File(bad, "r") as f:
         offset = f["2afc/val/t/p1"].id.get_chunk_info(0).byte_offset
     raw = bytearray(bad.read_bytes())
@@ -276,7 +254,7 @@ def test_datasets_kept_in_other_files_are_refused(small_judgments, tmp_path, cap
             layout[...] = h5py.VirtualSource(str(side), "p1", shape=p1.shape)
             g.create_virtual_dataset("p1", layout)
 
-    bad = _copy_group(small_judgments, tmp_path / "v.h5", elsewhere)
+    bad = _copyrandom_group(small_judgments, tmp_path / "v.h5", elsewhere)
     err = refused(["evaluate", "l2", "--data", str(bad), "--quiet"], capfd, tmp_path)
     assert f"{bad}: group 2afc/val/t: p1 keeps its data in other files" in err and storage in err
 
@@ -288,7 +266,7 @@ def test_a_damaged_chunk_read_by_a_loader_worker_is_one_line(small_judgments, tm
     def gzip(g, p1):
         g.create_dataset("p1", data=p1, compression="gzip", chunks=(1, *p1.shape[1:]))
 
-    bad = _copy_group(small_judgments, tmp_path / "gz.h5", gzip)
+    bad = _copyrandom_group(small_judgments, tmp_path / "gz.h5", gzip)
     with h5py.File(bad, "r+") as f:  # a training group beside the damaged one, same images
         f.copy(f["2afc/val/t"], "2afc/train/t")
         info = f["2afc/train/t/p1"].id.get_chunk_info(3)

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_bapps
+from conftest import random_group, write_judgments
 
 from lpips_lightning.cli.main import COMMANDS, TRAINING, command, main
 from lpips_lightning.cli.parser import tool_parser
-from lpips_lightning.data import judgments
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
@@ -286,28 +285,9 @@ def test_distance_command(imagenet_cache, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory) -> Path:
-    from lpips_lightning.pack.pack import pack
-
-    root = tmp_path_factory.mktemp("packed")
-    make_bapps(root / "b", n=12)
-    return pack(root / "b", root / "d.h5", size=32, workers=1, progress=False)
-
-
-def _write_judgments(path: Path, groups: dict[str, dict[str, np.ndarray]]) -> Path:
-    with judgments.write(path) as w:
-        for name, arrays in groups.items():
-            n, _, h, wd = arrays["p0"].shape
-            g = w.create_group(name, n, (h, wd))
-            w.fill(g, 0, arrays)
-    return path
-
-
-def _group(kind: str, n: int = 6, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    arrays = {k: rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8) for k in judgments.image_keys(kind)}
-    arrays[judgments.TARGET[kind]] = rng.random(n).astype(np.float32)
-    return arrays
+def packed(module_bapps_h5) -> Path:
+    """A packed tiny BAPPS (2afc train/val, jnd val): what the refusals are given as data."""
+    return module_bapps_h5
 
 
 def test_evaluate_scores_held_out_groups_by_default(packed, capfd, tmp_path):
@@ -325,12 +305,12 @@ def test_evaluate_scores_held_out_groups_by_default(packed, capfd, tmp_path):
 
 @pytest.mark.parametrize("kinds", [("2afc",), ("jnd",)])
 def test_evaluate_a_file_with_one_kind_only(tmp_path, capfd, kinds):
-    data = _write_judgments(tmp_path / "one.h5", {f"{k}/val/only": _group(k) for k in kinds})
+    data = write_judgments(tmp_path / "one.h5", {f"{k}/val/only": random_group(k) for k in kinds})
     assert main(["evaluate", "l2", "--data", str(data), "--quiet"]) == 0
     assert f"{kinds[0]}/val/only" in capfd.readouterr().out
 
 
-def test_evaluate_without_held_out_groups_scores_every_group(tmp_path, capfd):
-    data = _write_judgments(tmp_path / "train_only.h5", {"2afc/train/mine": _group("2afc")})
+def test_evaluate_without_held_out_groups_scores_everyrandom_group(tmp_path, capfd):
+    data = write_judgments(tmp_path / "train_only.h5", {"2afc/train/mine": random_group("2afc")})
     assert main(["evaluate", "l2", "--data", str(data), "--quiet"]) == 0
     assert "2afc/train/mine" in capfd.readouterr().out

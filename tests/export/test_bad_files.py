@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_refused
-from PIL import Image
 
 from lpips_lightning import load
 from lpips_lightning.cli.main import main
@@ -117,16 +116,6 @@ def test_load_refuses_each_bad_model_file_in_one_line(lin, tmp_path, name):
         load(path)
     _check_line(str(refused.value), path, BAD_MODELS[name])
     assert "\n" not in str(refused.value)
-
-
-@pytest.fixture
-def pngs(tmp_path):
-    rng = np.random.default_rng(3)
-    files = []
-    for n in ("a", "b"):
-        Image.fromarray(rng.integers(0, 256, (44, 52, 3), dtype=np.uint8)).save(tmp_path / f"{n}.png")
-        files.append(tmp_path / f"{n}.png")
-    return files
 
 
 @pytest.mark.parametrize("name", BAD_MODEL_NAMES)

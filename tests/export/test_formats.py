@@ -176,16 +176,6 @@ def test_torchscript_file_alone_takes_uint8_and_normalize(lin, reference):
             scripted(u0[..., :30, :], u1[..., :30, :])
 
 
-@pytest.fixture
-def pngs(tmp_path):
-    rng = np.random.default_rng(3)
-    files = []
-    for n in ("a", "b"):
-        Image.fromarray(rng.integers(0, 256, (44, 52, 3), dtype=np.uint8)).save(tmp_path / f"{n}.png")
-        files.append(tmp_path / f"{n}.png")
-    return files
-
-
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_distance_prints_the_same_number_for_every_format(lin, reference, pngs, capsys, suffix):
     assert main(["distance", *map(str, pngs), "--model", str(lin[suffix])]) == 0

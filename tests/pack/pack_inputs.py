@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from bapps_mirror import ARCHIVES
+from conftest import assert_refused
 from PIL import Image
 
 from lpips_lightning.cli.main import main
@@ -182,3 +183,14 @@ def replaced(name: str, data: bytes) -> Callable[[list], list]:
 
 def added(*extra) -> Callable[[list], list]:
     return lambda entries: entries + list(extra)
+
+
+def assert_pack_refused(source: Path, tmp_path: Path, capfd, expected: str) -> None:
+    """`pack` of `source` is one line holding `expected` (``{tmp}``: the test's folder) naming a path in
+    `tmp_path`, leaves nothing behind, and writes no member outside its output."""
+    line = assert_refused(
+        ["pack", str(source), str(tmp_path / "o.h5"), "--quiet", "--workers", "2", "--size", "16"], capfd, tmp_path
+    )
+    assert expected.format(tmp=tmp_path) in line, line
+    assert line.count(str(tmp_path)) >= 1, line  # names the archive (or the folder)
+    assert not (tmp_path / "escaped.png").exists() and not Path("/tmp/escaped.png").exists()

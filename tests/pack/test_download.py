@@ -12,37 +12,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from bapps_mirror import ARCHIVES, build_bapps_archives, serve
+from bapps_mirror import ARCHIVES, build_bapps_archives, part_of, serve
+from bapps_mirror import run_download as run
 from conftest import assert_refused
 
-from lpips_lightning.cli.main import main
 from lpips_lightning.outputs import remove_stale_temps
 from lpips_lightning.pack import download as dl
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Path:
-    """A folder holding the three synthetic archives (built once for this file)."""
-    folder = tmp_path_factory.mktemp("mirror")
-    build_bapps_archives(folder)
-    return folder
-
-
-@pytest.fixture
-def mirror(served):
-    with serve(served) as m:
-        yield m
-
-
-def run(argv, capfd) -> tuple[int, str, str]:
-    capfd.readouterr()
-    status = main(["download", *argv])
-    out, err = capfd.readouterr()
-    return status, out, err
-
-
-def part_of(folder: Path, name: str) -> Path:
-    return folder / f".{name}.part"
 
 
 def test_synthetic_archives_have_the_original_layout(served):
