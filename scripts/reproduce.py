@@ -33,7 +33,7 @@ done is skipped, and the step that was cut short resumes. Two runs at once on th
               into ``OUT/eval/C/``; skipped when that folder's results were made from the same
               checkpoint and data file.
    table      ``OUT/paper_table.md`` rewritten (temporary name, then rename), from the
-              ``results.json`` files, next to the paper's numbers (``scripts/paper_numbers.py``).
+              ``results.json`` files, next to the paper's numbers (Table 5, shipped as ``lpips_lightning.paper``).
 
 Every step's output goes to the terminal and is appended to ``OUT/logs/<step>.log``. A failed
 step ends the script with one line (``error: step ... failed ...``) naming the step, its
@@ -56,13 +56,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lpips_lightning import paper
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import paper_numbers  # noqa: E402  (this folder's data file)
 
 VARIANTS = ("lin", "tune", "scratch")
 BACKBONES = ("alex", "vgg", "squeeze")
 PAPER_CONFIGS = tuple(f"{v}_{b}" for v in VARIANTS for b in BACKBONES)
+SUBSETS_JND = ("traditional", "cnn")  # the BAPPS JND validation subsets
 DEFAULT_BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
 MARKER = "reproduce-finished.json"
 EVAL_SOURCE = "reproduce-source.json"
@@ -363,9 +364,15 @@ def _md_table(head: Sequence[str], rows: Sequence[str]) -> list[str]:
     return [_md_row(head), "|" + "---|" * len(head), *rows]
 
 
-def _afc_row(label: str, source: str, values: list[float | None], trad_cnn: float | None = None) -> str:
-    trad_cnn = _mean(values[:2]) if trad_cnn is None else trad_cnn
-    return _md_row([label, source, *map(_pct, values), _pct(_mean(values)), _pct(trad_cnn)])
+def _afc_row(label: str, source: str, values: list[float | None], means: tuple | None = None) -> str:
+    """A 2AFC row; `means`: (mean of six, trad+CNN) as published, else computed from `values`."""
+    mean, trad_cnn = means or (_mean(values), _mean(values[:2]))
+    return _md_row([label, source, *map(_pct, values), _pct(mean), _pct(trad_cnn)])
+
+
+def _paper_row(label: str, row: str) -> str:
+    values = [paper.paper_2afc(row, s) for s in paper.SUBSETS_2AFC]
+    return _afc_row(label, "paper", values, (paper.paper_mean(row), paper.paper_trad_cnn(row)))
 
 
 def _jnd_row(label: str, source: str, values: list[float | None]) -> str:
@@ -377,7 +384,6 @@ def build_table(
     results: dict[str, dict[str, float] | None],
     official: dict[str, dict[str, float]],
     notes: Sequence[str] = (),
-    paper=paper_numbers,
 ) -> str:
     """The markdown of ``paper_table.md``.
 
@@ -386,7 +392,7 @@ def build_table(
     Rows are grouped by backbone: each configuration's run, then the paper's numbers, then the
     released weights of that backbone; "—" marks a number we do not have.
     """
-    afc, jnd = paper.SUBSETS_2AFC, paper.SUBSETS_JND
+    afc, jnd = paper.SUBSETS_2AFC, SUBSETS_JND
     by_backbone: dict[str, list[Config]] = {}
     for cfg in configs:
         by_backbone.setdefault(cfg.backbone, []).append(cfg)
@@ -400,35 +406,33 @@ def build_table(
             ours = results.get(cfg.name)
             source = "this run" if ours is not None else "this run (not evaluated)"
             afc_rows.append(_afc_row(label, source, _scores_pct(ours, "2afc", afc)))
-            afc_rows.append(
-                _afc_row(label, "paper", [paper.paper_2afc(cfg.name, s) for s in afc], paper.paper_trad_cnn(cfg.name))
-            )
+            afc_rows.append(_paper_row(label, cfg.name))
             jnd_rows.append(_jnd_row(label, source, _scores_pct(ours, "jnd", jnd)))
-            jnd_rows.append(_jnd_row(label, "paper", [paper.paper_jnd(cfg.name, s) for s in jnd]))
         if backbone in official:
             label, source = f"official:{backbone}", "released v0.1 weights, our evaluate"
             afc_rows.append(_afc_row(label, source, _scores_pct(official[backbone], "2afc", afc)))
             jnd_rows.append(_jnd_row(label, source, _scores_pct(official[backbone], "jnd", jnd)))
-    human = [paper.paper_2afc("human", s) for s in afc]
-    afc_rows.append(_afc_row("human", "paper", human, paper.paper_trad_cnn("human")))
+    afc_rows.append(_paper_row("human", "human"))
 
     lines = [
         "# LPIPS on BAPPS: this reproduction next to the paper",
         "",
         'Zhang et al., CVPR 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric". '
-        'Scores on the BAPPS validation split (the paper\'s test data), in percent. "—": no number '
-        "(the paper's per-subset values are not in `scripts/paper_numbers.py` yet; see its sources).",
+        'Scores on the BAPPS validation split (the paper\'s test data), in percent. "—": no number. '
+        f"Paper rows: {paper.SOURCE}.",
         "",
         "## 2AFC score (%)",
         "",
         *_md_table(["configuration", "source", *afc, "mean (6)", "trad+CNN"], afc_rows),
         "",
         '"mean (6)": mean over the six subsets; "trad+CNN": mean of traditional and CNN-based '
-        "distortions, the average the paper's poster reports. Paper trad+CNN: " + paper.TRAD_CNN_SOURCE + ".",
+        "distortions (the paper's \"Dist. All\"); the paper's rows show its own printed means.",
         "",
         "## JND mAP (%)",
         "",
         *_md_table(["configuration", "source", *jnd, "mean"], jnd_rows),
+        "",
+        f"No paper rows: {paper.NO_JND}.",
         "",
     ]
     if notes:

@@ -15,13 +15,14 @@ import pytest
 from bapps_mirror import build_bapps_archives, serve
 from conftest import default_sigint
 
+from lpips_lightning import paper
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "reproduce.py"
 _spec = importlib.util.spec_from_file_location("reproduce_script", SCRIPT)
 rp = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = rp  # dataclasses look their module up there
 _spec.loader.exec_module(rp)
-paper = rp.paper_numbers
 
 TINY = [
     "--trainer.max_epochs", "1",
@@ -33,7 +34,7 @@ TINY = [
 
 
 def _scores(base: float) -> dict[str, float]:
-    groups = [f"2afc/val/{s}" for s in paper.SUBSETS_2AFC] + [f"jnd/val/{s}" for s in paper.SUBSETS_JND]
+    groups = [f"2afc/val/{s}" for s in paper.SUBSETS_2AFC] + [f"jnd/val/{s}" for s in rp.SUBSETS_JND]
     return {g: base + i / 100 for i, g in enumerate(groups)}
 
 
@@ -55,15 +56,16 @@ def test_table_has_our_scores_next_to_the_papers_and_the_released_weights():
     ours = _row(text, "lin alex", "this run")
     assert ours[2:8] == ["70.0", "71.0", "72.0", "73.0", "74.0", "75.0"]  # traditional .. frameinterp
     assert ours[8:] == ["72.5", "70.5"]  # mean of six, mean of traditional and CNN
-    assert _row(text, "lin alex", "paper")[2:] == ["—"] * 7 + ["78.7"]
+    # Table 5 as printed: six subsets, its "All" and its "Dist. All"
+    assert _row(text, "lin alex", "paper")[2:] == ["73.9", "83.4", "71.5", "61.2", "65.3", "63.2", "69.8", "78.7"]
     assert _row(text, "tune vgg", "paper")[-1] == "81.4"
-    assert _row(text, "scratch squeeze", "paper")[-1] == "—"  # the poster quotes no scratch average
+    assert _row(text, "scratch squeeze", "paper")[-2:] == ["69.2", "79.0"]
     assert _row(text, "scratch squeeze", "this run (not evaluated)")[2:] == ["—"] * 8
     assert _row(text, "official:alex", "released v0.1 weights, our evaluate")[2] == "50.0"
     assert _row(text, "human", "paper")[-1] == "82.6"
     jnd = text.split("## JND mAP (%)")[1]
     assert _row(jnd, "lin alex", "this run")[2:] == ["76.0", "77.0", "76.5"]
-    assert _row(jnd, "lin alex", "paper")[2:] == ["—", "—", "—"]
+    assert "| paper |" not in jnd and "the paper prints no JND mAP values" in jnd  # none invented
     # rows are grouped by backbone: alex's run, its paper row, the released alex weights, then vgg
     order = [line.split("|")[1].strip() for line in text.split("## JND")[0].splitlines() if line.startswith("| ")]
     assert order[1:5] == ["lin alex", "lin alex", "official:alex", "tune vgg"]
@@ -71,24 +73,27 @@ def test_table_has_our_scores_next_to_the_papers_and_the_released_weights():
 
 
 def test_table_uses_every_published_number_and_only_those():
-    """Each number in paper_numbers.py shows up in its row; nothing else in a paper row is a number."""
+    """Every paper row holds exactly Table 5's printed values for its configuration, none other."""
     configs = [rp.resolve_config(c) for c in rp.PAPER_CONFIGS]
     text = rp.build_table(configs, {}, {})
-    for name, value in paper.TRAD_CNN_2AFC.items():
+    for name in (*rp.PAPER_CONFIGS, "human"):
         label = "human" if name == "human" else name.replace("_", " ")
-        assert _row(text, label, "paper")[-1] == f"{value:.1f}"
-    published = {f"{v:.1f}" for v in paper.TRAD_CNN_2AFC.values()}
-    for line in text.splitlines():
-        if "| paper |" in line:
-            assert {c.strip() for c in line.strip("|").split("|")[2:]} <= published | {"—"}
+        printed = paper.table5()[name]
+        columns = ["traditional", "cnn", "superres", "deblur", "colorization", "frameinterp", "all", "dist_all"]
+        assert _row(text, label, "paper")[2:] == [f"{printed[c]:.1f}" for c in columns]
+    assert text.count("| paper |") == len(rp.PAPER_CONFIGS) + 1
 
 
-def test_paper_numbers_are_the_posters_averages():
-    assert paper.TRAD_CNN_2AFC == {
-        "lin_alex": 78.7, "lin_vgg": 79.4, "lin_squeeze": 79.8,
-        "tune_alex": 80.6, "tune_vgg": 81.4, "tune_squeeze": 79.9, "human": 82.6,
-    }  # fmt: skip
-    assert paper.paper_2afc("lin_alex", "traditional") is None  # per-subset values: not found, left blank
+def test_shipped_table5_is_the_reference_file_and_its_means_hold():
+    """Table 5 ships whole (23 rows, paper order) and its aggregates are the plain means its header says."""
+    assert paper.row_names()[:3] == ["human", "l2", "ssim"] and len(paper.row_names()) == 23
+    for row, v in paper.table5().items():
+        subsets = [v[c] for c in ("traditional", "cnn", "superres", "deblur", "colorization", "frameinterp")]
+        # each printed value is rounded to 0.1: a mean of rounded values is off by at most 0.05, plus its own 0.05
+        assert abs(v["dist_all"] - (v["traditional"] + v["cnn"]) / 2) <= 0.1, row
+        assert abs(v["all"] - sum(subsets) / 6) <= 0.1, row
+    assert paper.paper_trad_cnn("lin_alex") == 78.7 and paper.paper_2afc("lin_alex", "color") == 65.3
+    assert paper.paper_2afc("nonesuch", "cnn") is None
 
 
 def test_load_scores_reads_evaluates_json(tmp_path):

@@ -1,0 +1,54 @@
+"""The paper's published numbers: Table 5 of Zhang et al. (CVPR 2018), shipped as package data.
+
+``paper_table5.csv`` (beside this file) holds the 2AFC scores (%) on the six BAPPS validation
+subsets for humans, low-level metrics, off-the-shelf networks and the nine LPIPS configurations,
+as printed in the paper's appendix (arXiv:1801.03924v2), with its source in the file's header.
+The values predate the v0.1 weights. The paper prints no JND mAP values: there are none here.
+
+Example:
+    >>> paper_2afc("lin_alex", "traditional"), paper_trad_cnn("lin_alex"), paper_mean("human")
+    (73.9, 78.7, 73.9)
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from importlib import resources
+
+# the BAPPS validation subsets in the paper's order, named as our groups name them (2afc/val/<subset>)
+SUBSETS_2AFC = ("traditional", "cnn", "superres", "deblur", "color", "frameinterp")
+_COLUMNS = {"color": "colorization"}  # our subset name -> the table's column, where they differ
+SOURCE = (
+    'Table 5 of Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric", '
+    "CVPR 2018 (arXiv:1801.03924v2, appendix); it predates the released v0.1 weights"
+)
+NO_JND = "the paper prints no JND mAP values (its Figure 5 plots them only)"
+
+
+@functools.cache
+def table5() -> dict[str, dict[str, float]]:
+    """{row (``human``, ``l2``, ``alex``, ``lin_alex``, ...): {column: 2AFC %}}, as printed."""
+    text = resources.files(__package__).joinpath("paper_table5.csv").read_text(encoding="utf-8")
+    rows = csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#"))
+    return {r["metric"]: {k: float(v) for k, v in r.items() if k not in ("group", "metric")} for r in rows}
+
+
+def row_names() -> list[str]:
+    """The table's rows in the paper's order."""
+    return list(table5())
+
+
+def paper_2afc(row: str, subset: str) -> float | None:
+    """The paper's 2AFC (%) of `row` (``lin_alex``, ``human``, ``l2`` ...) on `subset`; None if not printed."""
+    return table5().get(row, {}).get(_COLUMNS.get(subset, subset))
+
+
+def paper_trad_cnn(row: str) -> float | None:
+    """The paper's mean 2AFC (%) over the traditional and CNN-based distortions (its "Dist. All")."""
+    return table5().get(row, {}).get("dist_all")
+
+
+def paper_mean(row: str) -> float | None:
+    """The paper's mean 2AFC (%) over the six subsets (its "All")."""
+    return table5().get(row, {}).get("all")
