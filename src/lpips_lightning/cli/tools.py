@@ -219,8 +219,8 @@ def evaluate_command(
         pick_device(device)  # before any model is loaded
         scored = {_label(spec, models): resolve_model(spec, trust_code) for spec in models}
         result = evaluate(scored, data, groups, batch_size, device, progress=not quiet)
-    print(table(result["scores"], result["groups"]))
-    if folder is not None:
-        for path in write_outputs(result, folder):
-            print(f"wrote {path}")
+        print(table(result["scores"], result["groups"]))
+        written = write_outputs(result, folder) if folder is not None else []  # a failed write: no empty --out
+    for path in written:
+        print(f"wrote {path}")
     return 0

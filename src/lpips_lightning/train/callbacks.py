@@ -2,7 +2,9 @@
 
 `SubsetChart` draws the per-subset validation scores after each validation (a PNG in the run
 folder, an image per epoch in W&B), `SaveConfig` stores the resolved config in the W&B run too,
-and `FitSummary` prints the best score, each subset's and where the files are when fit ends.
+`BestCheckpoint` keeps the best epoch by the 2AFC mean (the JND mAP mean when validation has no
+2AFC group), and `FitSummary` prints the best score, the last real validation's scores and
+where the files are when fit ends.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from ..data.judgments import kind_of
 from ..outputs import atomic_output
 from .cadence import logged_step, wandb_offline
 
@@ -101,24 +104,75 @@ class SaveConfig(SaveConfigCallback):
                 logger.experiment.config.update({"config": self.config.as_dict()}, allow_val_change=True)
 
 
+MONITORS = {"2afc": ("val/2afc/mean", "2afc"), "jnd": ("val/jnd_map/mean", "jndmap")}  # score, in file names
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """The best checkpoint by ``val/2afc/mean``, or by ``val/jnd_map/mean`` when no validation group is 2AFC.
+
+    The monitor follows the data module's validation groups, chosen at setup (before a resumed
+    run's checkpoint state is restored): a fit validated on JND groups only keeps its best epoch
+    too, in ``best-epochNN-jndmapS.ckpt``, instead of failing after its first epoch.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike) -> None:
+        super().__init__(dirpath=dirpath, auto_insert_metric_name=False, monitor=MONITORS["2afc"][0], mode="max")
+        self._name_for(MONITORS["2afc"])
+
+    def _name_for(self, monitor: tuple[str, str]) -> None:
+        self.monitor = monitor[0]
+        self.filename = f"best-epoch{{epoch:02d}}-{monitor[1]}{{{monitor[0]}:.4f}}"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        groups = getattr(trainer.datamodule, "groups", None)
+        if stage == "fit" and callable(groups):
+            kinds = {kind_of(g) for g in groups("val")}
+            self._name_for(MONITORS["jnd"] if kinds == {"jnd"} else MONITORS["2afc"])
+        super().setup(trainer, pl_module, stage)
+
+    @property
+    def state_key(self) -> str:
+        # a plain ModelCheckpoint's key: checkpoints saved before this class existed resume their best score
+        return "ModelCheckpoint" + super().state_key[len(type(self).__qualname__) :]
+
+
 class FitSummary(Callback):
-    """When fit ends, print the best validation score, each subset's score, and where things are."""
+    """When fit ends, print the best validation score, the last real validation's scores, and where things are.
+
+    Only validations of the fit itself count (not Lightning's sanity check before the first
+    step), each with the epoch and step it ran at; a fit that never validated says so.
+    """
 
     def __init__(self, run_dir: str | os.PathLike | None) -> None:
         self.run_dir = None if run_dir is None else Path(run_dir)  # None: a fast_dev_run, which writes nothing
+        self.validated: dict | None = None  # the last real validation: epoch, step, scores, at an epoch's end
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        scores = dict(getattr(pl_module, "scores", {}).get("val", {}))
+        self.validated = {"epoch": trainer.current_epoch, "step": trainer.global_step, "scores": scores, "end": False}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.validated is not None and self.validated["step"] == trainer.global_step:
+            self.validated["end"] = True  # no training step since: it scored the epoch's final weights
+
+    def _validation_lines(self) -> list[str]:
+        if self.validated is None or not self.validated["scores"]:
+            return ["no validation ran"]
+        v = self.validated
+        when = f"after epoch {v['epoch']}" if v["end"] else f"in epoch {v['epoch']}, at step {v['step']}"
+        return [f"last validation ({when}):", *(f"  {k:<28} {s:.4f}" for k, s in v["scores"].items())]
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
         best = next((c for c in checkpoints if c.monitor), None)
         last = next((c for c in checkpoints if not c.monitor), None)
-        scores = getattr(pl_module, "scores", {}).get("val", {})
         lines = ["", "=== lpips-lightning: fit finished ==="]
         if best is not None and best.best_model_score is not None:
             lines.append(f"best {best.monitor}: {float(best.best_model_score):.4f}")
-        if scores:
-            lines.append(f"last validation (after epoch {trainer.current_epoch - 1}):")
-            lines += [f"  {k:<28} {v:.4f}" for k, v in scores.items()]
+        lines += self._validation_lines()
         relative = self.run_dir is not None and not self.run_dir.is_absolute()  # shown as the run folder is
         if best is not None and best.best_model_path:
             lines.append(f"best checkpoint: {_shown_path(best.best_model_path, relative)}")
