@@ -52,3 +52,36 @@ def paper_trad_cnn(row: str) -> float | None:
 def paper_mean(row: str) -> float | None:
     """The paper's mean 2AFC (%) over the six subsets (its "All")."""
     return table5().get(row, {}).get("all")
+
+
+def beside(scores: dict[str, dict[str, float]], groups: list[str]) -> str:
+    """Our 2AFC scores ({model: {group: fraction}}) on BAPPS's validation subsets, above Table 5's rows.
+
+    Columns: the subsets among `groups` (``2afc/val/<subset>``), in the paper's order; then the mean of
+    six and the traditional+CNN mean where all their subsets are there (ours computed, the paper's as
+    printed). Raises ValueError when `groups` hold none of the subsets.
+    """
+    subsets = [s for s in SUBSETS_2AFC if f"2afc/val/{s}" in groups]
+    if not subsets:
+        raise ValueError(
+            "the groups scored hold none of BAPPS's validation subsets ("
+            + ", ".join(f"2afc/val/{s}" for s in SUBSETS_2AFC)
+            + "): pack BAPPS (lpips-lightning download / pack) and evaluate on it"
+        )
+    heads = [*subsets] + (["all"] if len(subsets) == 6 else [])
+    heads += ["dist_all"] if subsets[:2] == ["traditional", "cnn"] else []
+    width = max(14, *(len(n) + 2 for n in scores))
+
+    def line(name: str, values: list[float | None]) -> str:
+        return f"{name:<{width}}" + "".join(f"{'—' if v is None else f'{v:.1f}':>13}" for v in values)
+
+    lines = [f"2AFC % beside the paper ({SOURCE}); the paper prints no JND mAP", line("", [])]
+    lines[-1] += "".join(f"{h:>13}" for h in heads)
+    for name, ours in scores.items():
+        values = [100 * ours[f"2afc/val/{s}"] for s in subsets]
+        extra = {"all": sum(values) / len(values), "dist_all": sum(values[:2]) / 2}
+        lines.append(line(name, values + [extra[h] for h in heads[len(subsets) :]]))
+    for row in row_names():
+        printed = table5()[row]
+        lines.append(line(f"paper {row}", [printed[_COLUMNS.get(h, h)] for h in heads]))
+    return "\n".join(lines)

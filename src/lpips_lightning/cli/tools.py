@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from ..errors import ConfigError, DownloadInterrupted, JudgmentsError
+from .. import paper
+from ..errors import ConfigError, DownloadInterrupted, JudgmentsError, check_choice
 from ..outputs import check_output, removed_if_unused
 from ..pack.download import DEFAULT_BASE_URL
 from .parser import Arg
@@ -190,6 +191,7 @@ def evaluate_command(
     device: str | None = None,
     quiet: bool = False,
     trust_code: bool = False,
+    reference: str | None = None,
 ) -> int:
     """Score any metric on a judgments file: the paper's table, per subset, exact over all items.
 
@@ -203,12 +205,15 @@ def evaluate_command(
         device: cpu, cuda or cuda:N (default: cuda when available)
         quiet: no progress bar
         trust_code: build custom backbones that model files name (runs their code)
+        reference: paper: also print the paper's Table 5 (2AFC per BAPPS subset, in percent) beside these scores
     """
     from ..evaluate import evaluate, pick_device, resolve_model
     from ..report import OUTPUT_FILES, table, write_outputs
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if reference is not None:
+        check_choice("--reference", reference, ["paper"])
     folder = Path(out) if out else None
     if folder is not None:
         _check_out(folder, overwrite, [data, *(m for m in models if Path(m).exists())], OUTPUT_FILES)
@@ -220,6 +225,11 @@ def evaluate_command(
         scored = {_label(spec, models): resolve_model(spec, trust_code) for spec in models}
         result = evaluate(scored, data, groups, batch_size, device, progress=not quiet)
         print(table(result["scores"], result["groups"]))
+        if reference == "paper":
+            try:
+                print("\n" + paper.beside(result["scores"], result["groups"]))
+            except ValueError as err:  # the scores stand (and are written): only the comparison is missing
+                print(f"--reference paper: {err}", file=sys.stderr)
         written = write_outputs(result, folder) if folder is not None else []  # a failed write: no empty --out
     for path in written:
         print(f"wrote {path}")
