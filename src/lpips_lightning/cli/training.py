@@ -24,7 +24,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from ..data.datamodule import JudgmentsDataModule
 from ..errors import ConfigError, LPIPSLightningError, message_of
 from ..train import links
-from ..train.callbacks import FitSummary, SaveConfig, SubsetChart
+from ..train.callbacks import BestCheckpoint, FitSummary, SaveConfig, SubsetChart
 from ..train.loggers import make_loggers
 from ..train.module import LPIPSModule
 from ..train.resume import explicit_options
@@ -129,15 +129,10 @@ class LPIPSCLI(LightningCLI):
         if bar and config.trainer.get("enable_progress_bar") is not False:
             callbacks.append(TQDMProgressBar(refresh_rate=10))
         if self.subcommand == "fit" and config.trainer.get("enable_checkpointing", True) is not False:
-            # the best by val/2afc/mean, and last.ckpt after every epoch (Lightning's own
-            # save_last only follows a new best), which `--ckpt_path last` resumes from
-            best = ModelCheckpoint(
-                dirpath=run_dir,
-                filename="best-epoch{epoch:02d}-2afc{val/2afc/mean:.4f}",
-                auto_insert_metric_name=False,
-                monitor="val/2afc/mean",
-                mode="max",
-            )
+            # the best by val/2afc/mean (val/jnd_map/mean when validation is JND only), and
+            # last.ckpt after every epoch (Lightning's own save_last only follows a new best),
+            # which `--ckpt_path last` resumes from
+            best = BestCheckpoint(run_dir)
             callbacks += [best, ModelCheckpoint(dirpath=run_dir, filename="last", enable_version_counter=False)]
         if logged and self.subcommand == "fit":
             callbacks.append(LearningRateMonitor("epoch"))
