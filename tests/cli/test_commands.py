@@ -29,7 +29,7 @@ DEMO = {"seed": 0, "train": 4000, "val": 500, "jnd": 500, "overwrite": False}
 EXPORT = {"format": None, "overwrite": False, "size": None, "trust_code": False}
 EVALUATE = {
     "groups": None, "out": None, "overwrite": False, "batch_size": 64, "device": None, "quiet": False,
-    "trust_code": False,
+    "trust_code": False, "reference": None,
 }  # fmt: skip
 DISTANCE = {
     "backbone": None, "version": None, "heads": None, "model": None, "backbone_weights": None, "resize": None,
@@ -111,6 +111,8 @@ PARSED = [
             "cpu",
             "--quiet",
             "--trust-code",
+            "--reference",
+            "paper",
         ],
         {
             "models": ["m1", "m2"],
@@ -122,6 +124,7 @@ PARSED = [
             "device": "cpu",
             "quiet": True,
             "trust_code": True,
+            "reference": "paper",
         },
     ),  # fmt: skip
     ("evaluate", ["--data", "d.h5", "l2", "ssim"], {"models": ["l2", "ssim"], "data": "d.h5", **EVALUATE}),
