@@ -122,3 +122,8 @@ def test_bf16_run_matches_fp32_on_the_demo(tmp_path, monkeypatch, all_threads):
 def test_subset_names_are_short_unless_they_repeat():
     groups = ["2afc/val/cnn", "2afc/test/cnn", "2afc/val/trad", "jnd/val/cnn"]
     assert subset_names(groups) == ["val_cnn", "test_cnn", "trad", "cnn"]
+
+
+def test_the_module_trains_its_metric_in_training_mode():
+    """LPIPS comes back in eval mode (as the lpips package's); the module's copy must train (dropout on)."""
+    assert LPIPSModule(variant="lin", pretrained=False).lpips.training

@@ -117,6 +117,16 @@ def distance_command(
         raise ConfigError(f"{err}; pass --resize N with N >= {min_size}") from None
     if not model:
         metric = lpips.LPIPS(backbone, chosen, heads=heads, backbone_weights=backbone_weights).eval()
-    with torch.no_grad():
-        print(f"{metric(*pair).item():.6f}")
+    try:
+        with torch.no_grad():
+            value = metric(*pair).item()
+    except RuntimeError as err:
+        if not lpips.out_of_memory(err):
+            raise
+        height, width = pair[0].shape[-2:]
+        raise ConfigError(
+            f"{img0}, {img1}: not enough memory to compare {height}x{width} images with backbone {name}; "
+            f"pass --resize N (e.g. --resize {max(min_size, min(1024, max(height, width) // 2))})"
+        ) from None
+    print(f"{value:.6f}")
     return 0

@@ -1,17 +1,19 @@
 """What every model `load` returns from an export: `LPIPS.forward`'s inputs and checks, before the file runs.
 
-A `LoadedMetric` takes images (N, 3, H, W) as uint8 in [0, 255], floats in [-1, 1], or floats in
-[0, 1] with ``normalize=True``, refuses images below its backbone's minimum (and, for an export
-fixed to one size, of another size) in one line, and has ``backbone_name``, ``version``,
-``min_size``, ``fixed_size`` and ``check_size``. Each format's subclass says how to `run` it.
+A `LoadedMetric` takes images (N, 3, H, W) as uint8 (or any integer dtype) in [0, 255], floats in
+[-1, 1], or floats in [0, 1] with ``normalize=True``; it refuses other values, and images below
+its backbone's minimum (and, for an export fixed to one size, of another size) in one line, and
+has ``backbone_name``, ``version``, ``min_size``, ``fixed_size`` and ``check_size``. Each format's
+subclass says how to `run` it.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..model.lpips import check_image_pair, check_image_size
+from ..model.lpips import check_image_pair, check_image_size, check_image_values
 from .metadata import MetricFacts
 
 
@@ -41,8 +43,15 @@ class LoadedMetric(nn.Module):
         check_image_pair(x0.shape, x1.shape, self.min_size, self.backbone_name)
         if self.fixed_size is not None:
             self.check_size(x0.shape[-2], x0.shape[-1])
-        return self.run(x0, x1, normalize)
+        check_image_values(x0, normalize)
+        check_image_values(x1, normalize)
+        return self.run(_as_uint8(x0), _as_uint8(x1), normalize)
 
     def run(self, x0: Tensor, x1: Tensor, normalize: bool) -> Tensor:
-        """The export's own computation, on checked images."""
+        """The export's own computation, on checked images: uint8 or floats."""
         raise NotImplementedError
+
+
+def _as_uint8(x: Tensor) -> Tensor:
+    """Checked integer images (0..255) as uint8, which every export's own front takes (older ones no other integers)."""
+    return x if x.dtype.is_floating_point else x.to(torch.uint8)

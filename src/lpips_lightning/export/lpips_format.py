@@ -8,6 +8,7 @@ records no version: loaders assume 0.1's input scaling, so other metrics are ref
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -47,7 +48,9 @@ def needs_backbone(hp: dict) -> bool:
 def write(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path, size: int | None = None) -> str:
     """Write `model`'s lpips state dict to `tmp`; return how to load `out` with the `lpips` package."""
     with_backbone = needs_backbone(hp)
-    torch.save(model.lpips_state_dict(with_backbone=with_backbone), tmp)
+    buffer = io.BytesIO()  # into memory, then written by Python: a full disk is an OSError (torch's is a RuntimeError)
+    torch.save(model.lpips_state_dict(with_backbone=with_backbone), buffer)
+    tmp.write_bytes(buffer.getvalue())
     return f"lpips.LPIPS(net={model.backbone_name!r}, version={model.version!r}, model_path={str(out)!r}" + (
         ", pnet_rand=True)  # the file holds the trained backbone" if with_backbone else ")"
     )

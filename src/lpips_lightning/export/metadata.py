@@ -18,7 +18,10 @@ from ..model.lpips import LPIPS
 
 METRIC_FORMAT = "lpips-lightning/metric"
 METRIC_FORMAT_VERSION = "1"
-INPUTS = "images (N, 3, H, W): uint8 in [0, 255], floats in [-1, 1], or floats in [0, 1] with normalize=True"
+INPUTS = (
+    "images (N, 3, H, W): uint8 (or any integer dtype) in [0, 255], floats in [-1, 1], "
+    "or floats in [0, 1] with normalize=True"
+)
 
 
 def metadata(model: LPIPS, hp: dict, info: dict, ckpt: str | os.PathLike) -> dict[str, str]:

@@ -129,6 +129,8 @@ def write(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path, si
     try:
         _program(model, size, dynamic=True, min_size=smallest).save(str(tmp), external_data=False)
         dynamic = _runs_right(tmp, model, size)
+    except OSError:  # the file cannot be written (a full disk): a fixed-size export could not be either
+        raise
     except Exception:
         dynamic = False
     if not dynamic:  # the backbone does not export for any size: fix it, and say so in the metadata

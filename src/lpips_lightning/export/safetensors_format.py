@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors.torch import save
+
 from ..backbones.custom import require_trusted
 from ..errors import ExportError, WeightsError
 from ..model.lpips import LPIPS
-from ..weights import read_safetensors, strict_load, write_safetensors
+from ..weights import read_safetensors, strict_load
 from .metadata import facts_of
 
 
 def write(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path, size: int | None = None) -> str:
     """Write `model`'s state dict and `meta` to `tmp`; return how to load `out`."""
-    write_safetensors(model.state_dict(), tmp, meta)
+    # as `weights.write_safetensors`, but into memory and written by Python: a full disk is an OSError
+    tmp.write_bytes(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, metadata=meta))
     return f"lpips_lightning.load({str(out)!r})"
 
 

@@ -8,6 +8,7 @@ without it is not an lpips-lightning export and is refused, never run.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ExportError
-from ..model.lpips import LPIPS
+from ..model.lpips import IMAGE_INPUTS, LPIPS, RANGE_TOLERANCE
 from .core import Core, example, example_size, other_size, same
 from .loaded import LoadedMetric
 from .metadata import INPUTS, MetricFacts, facts_of
@@ -39,6 +40,8 @@ class ScriptedMetric(nn.Module):
         self.backbone = backbone
         self.fixed_height = fixed_height
         self.fixed_width = fixed_width
+        self.inputs = IMAGE_INPUTS  # (TorchScript reads no module globals)
+        self.tolerance = RANGE_TOLERANCE
 
     def forward(self, x0: Tensor, x1: Tensor, normalize: bool = False) -> Tensor:
         if x0.shape != x1.shape:
@@ -56,10 +59,29 @@ class ScriptedMetric(nn.Module):
                 f"images of {h}x{w} pixels: this export of backbone {self.backbone} takes "
                 f"{self.fixed_height}x{self.fixed_width} images only; resize them"
             )
+        self.check_values(x0, normalize)
+        self.check_values(x1, normalize)
         return self.core(self.unit_range(x0, normalize), self.unit_range(x1, normalize))
 
+    def check_values(self, x: Tensor, normalize: bool) -> None:
+        """As `lpips.check_image_values`: integers in 0..255, floats in [-1, 1] ([0, 1] with normalize), 0.5 leeway."""
+        if x.dtype == torch.uint8 or x.numel() == 0:
+            return
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"images must be integers (0..255) or floats; {self.inputs}")
+        if not x.is_floating_point():
+            lo, hi = int(x.to(torch.int64).min()), int(x.to(torch.int64).max())
+            if lo < 0 or hi > 255:
+                raise ValueError(f"integer images must hold 0..255, got values from {lo} to {hi}; {self.inputs}")
+            return
+        lo, hi = float(x.min()), float(x.max())
+        low = 0.0 if normalize else -1.0
+        if not (low - self.tolerance <= lo and hi <= 1.0 + self.tolerance):
+            given = "[0, 1] (normalize=True)" if normalize else "[-1, 1]"
+            raise ValueError(f"float images outside {given}: values from {lo} to {hi}; {self.inputs}")
+
     def unit_range(self, x: Tensor, normalize: bool) -> Tensor:
-        if x.dtype == torch.uint8:  # the same arithmetic as lpips.to_unit_range
+        if not x.is_floating_point():  # any integer dtype, 0..255: the same arithmetic as lpips.to_unit_range
             return x.float() / 127.5 - 1.0
         if normalize:
             return 2.0 * x - 1.0
@@ -99,7 +121,11 @@ def write(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path, si
         if not dynamic:
             meta = {**meta, "input_size": f"{size}x{size}"}
         front = torch.jit.script(ScriptedMetric(traced, model.min_size, model.backbone_name, *fixed).eval())
-        torch.jit.save(front, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
+        # into memory, then written by Python: a failed write (a full disk) is an OSError here, where
+        # torch.jit.save's own file writer aborts the interpreter
+        buffer = io.BytesIO()
+        torch.jit.save(front, buffer, _extra_files={METADATA_FILE: json.dumps(meta)})
+    tmp.write_bytes(buffer.getvalue())
     note = "" if dynamic else f"; {size}x{size} images only (the trace of this backbone fixes the size)"
     return f"torch.jit.load({str(out)!r})(x0, x1)  # {INPUTS}{note}"
 

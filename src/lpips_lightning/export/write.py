@@ -6,11 +6,13 @@ complete (`outputs.atomic_output`); each format's module writes the file and say
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
-from ..errors import ConfigError, ExportError, LPIPSLightningError
+from ..errors import ConfigError, ExportError, LPIPSLightningError, OutputError
 from ..model.checkpoint import model_from_parts, read_checkpoint
+from ..model.lpips import out_of_memory
 from ..outputs import atomic_output, check_output
 from . import lpips_format, onnx_format, safetensors_format, torchscript_format
 from .metadata import metadata
@@ -24,6 +26,8 @@ WRITERS = {
 }
 # what a format refuses before the model is built: a metric it cannot describe, a missing exporter
 CHECKS = {"lpips": lpips_format.check, "onnx": onnx_format.check}
+MAX_SIZE = 4096  # --size, as pack's --size and distance's --resize: larger traces exhaust memory
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def format_of(out: Path, fmt: str | None) -> str:
@@ -69,8 +73,8 @@ def export(
     out = Path(out)
     check_output(out, overwrite, inputs=[ckpt], what="export")
     fmt = format_of(out, fmt)
-    if size is not None and size < 1:
-        raise ConfigError(f"--size must be a positive number of pixels, got {size}")
+    if size is not None and not 1 <= size <= MAX_SIZE:
+        raise ConfigError(f"--size must be a number of pixels from 1 to {MAX_SIZE}, got {size}")
     hp, weights, info = read_checkpoint(ckpt)
     if fmt in CHECKS:
         CHECKS[fmt](hp, info, out)
@@ -81,7 +85,25 @@ def export(
     with atomic_output(out, overwrite, inputs=[ckpt], what=f"{fmt} export") as tmp:
         try:
             return WRITERS[fmt](model, hp, meta, tmp, out, size)
-        except (LPIPSLightningError, OSError):
+        except LPIPSLightningError:
             raise
+        except OSError as err:
+            if err.errno in DISK_FULL:
+                raise _disk_full(out, err.strerror) from None
+            raise  # atomic_output says it in one line
         except Exception as err:
-            raise ExportError(f"{out}: {fmt} export failed ({type(err).__name__}: {err})") from None
+            if "No space left on device" in str(err):  # a library's own writer (not an OSError)
+                raise _disk_full(out, "No space left on device") from None
+            if out_of_memory(err):
+                raise ExportError(
+                    f"{out}: out of memory for the {fmt} export at --size {size or 'default'}; pass a smaller --size"
+                ) from None
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ExportError(f"{out}: {fmt} export failed ({type(err).__name__}: {reason})") from None
+
+
+def _disk_full(out: Path, reason: str | None) -> OutputError:
+    return OutputError(
+        f"{out}: the disk is full ({reason or 'no space left'}); nothing was written (a file already there is kept): "
+        "free some space or write the export elsewhere"
+    )

@@ -31,6 +31,9 @@ VERSIONS = ("0.1", "0.0")
 # value is unchanged to far below float32 resolution: such vectors normalise to ~0 either way.
 _TINY = 1e-20
 _BIT_SHIFTS = torch.arange(7, dtype=torch.uint8)  # bits 1..7 of a random byte, each brought to bit 1 (value 2)
+RANGE_TOLERANCE = 0.5  # how far float images may stray beyond [-1, 1] (or [0, 1]) before they are refused
+IMAGE_INPUTS = "pass uint8 images (0..255), floats in [-1, 1], or floats in [0, 1] with normalize=True"
+ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "DefaultCPUAllocator")
 
 
 # --- the distance core ------------------------------------------------------------------------------
@@ -58,8 +61,8 @@ def dropout_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_unit_range(x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-    """Bring images to the [-1, 1] floats LPIPS expects: uint8 from [0, 255], `normalize` from [0, 1]."""
-    if x.dtype == torch.uint8:
+    """Bring images to the [-1, 1] floats LPIPS expects: any integer dtype from 0..255, `normalize` from [0, 1]."""
+    if not x.dtype.is_floating_point:
         return x.float() / 127.5 - 1.0
     if normalize:
         return 2.0 * x - 1.0
@@ -108,6 +111,33 @@ def check_image_pair(shape0: tuple[int, ...], shape1: tuple[int, ...], min_size:
     if len(shape0) != 4 or shape0[1] != 3:
         raise ConfigError(f"images must be (N, 3, H, W) batches of RGB images, got shape {tuple(shape0)}")
     check_image_size(shape0[2], shape0[3], min_size, backbone)
+
+
+def check_image_values(x: torch.Tensor, normalize: bool = False) -> None:
+    """Raise `ConfigError` unless images `x` are integers in 0..255 or floats in [-1, 1] ([0, 1] with `normalize`).
+
+    Floats may stray `RANGE_TOLERANCE` beyond their range (resampling overshoots); farther out
+    (images in 0..255 as floats) they would be taken for other images. uint8 needs no look.
+    """
+    if x.dtype == torch.uint8 or x.numel() == 0:
+        return
+    if x.dtype == torch.bool or x.dtype.is_complex:
+        raise ConfigError(f"images of dtype {x.dtype}: {IMAGE_INPUTS}")
+    integer = not x.dtype.is_floating_point
+    lo, hi = (v.item() for v in torch.aminmax(x.detach().to(torch.int64) if integer else x.detach()))
+    if integer:  # (as int64: aminmax has no uint16 ... uint64)
+        if lo < 0 or hi > 255:
+            raise ConfigError(f"integer images ({x.dtype}) must hold 0..255, got values {lo}..{hi}; {IMAGE_INPUTS}")
+        return
+    low, high = (0.0, 1.0) if normalize else (-1.0, 1.0)
+    if not (low - RANGE_TOLERANCE <= lo and hi <= high + RANGE_TOLERANCE):  # NaN fails too
+        given = "[0, 1] (normalize=True)" if normalize else "[-1, 1]"
+        raise ConfigError(f"float images outside {given}: values {lo:.4g}..{hi:.4g}; {IMAGE_INPUTS}")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is torch failing to allocate memory (the CPU's allocator, CUDA or MPS)."""
+    return isinstance(err, RuntimeError) and any(s in str(err) for s in ALLOCATION_FAILURES)
 
 
 # --- the module -------------------------------------------------------------------------------------
@@ -190,6 +220,7 @@ class LPIPS(nn.Module):
             self.load_lpips_state(load_state_dict_file(official_heads_file(backbone)), "official heads")
         elif heads not in (None, "random"):
             self.load_lpips_state(load_state_dict_file(heads), str(heads))
+        self.eval()  # as the lpips package's LPIPS: a metric computes as at inference until .train()
 
     @property
     def backbone_spec(self) -> dict:
@@ -240,9 +271,10 @@ class LPIPS(nn.Module):
         check_image_size(height, width, self.min_size, self.backbone_name, where)
 
     def features(self, x: torch.Tensor, normalize: bool = False) -> list[torch.Tensor]:
-        """The backbone's tap tensors for images `x` ([-1, 1] floats, [0, 1] with `normalize`, or uint8)."""
+        """The backbone's tap tensors for images `x` ([-1, 1] floats, [0, 1] with `normalize`, or uint8/integers)."""
         if x.dim() >= 2:
             self.check_size(x.shape[-2], x.shape[-1])
+        check_image_values(x, normalize)
         return self.unchecked_features(x, normalize)
 
     def prepare(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -284,10 +316,15 @@ class LPIPS(nn.Module):
     ) -> torch.Tensor:
         """Distance between `x0` and `x1`, (N, 3, H, W) each: (N,), or (N, 1, H, W) when spatial.
 
+        Images: uint8 (or any integer dtype) in 0..255, floats in [-1, 1], or floats in [0, 1] with
+        `normalize`; others (floats in 0..255) are refused in one line (`check_image_values`).
+
         `net`: a stand-in for the backbone that computes the same taps (``evaluate`` passes the
         oneDNN-prepacked copy of a CPU backbone, see `backbones.fast.prepacked_copy`).
         """
         check_image_pair(x0.shape, x1.shape, self.min_size, self.backbone_name)
+        check_image_values(x0, normalize)
+        check_image_values(x1, normalize)
         x = self.prepare(torch.cat([x0, x1]), normalize)
         f = self.net(x) if net is None else net(x)
         n = x0.shape[0]

@@ -111,7 +111,7 @@ class LPIPSModule(LightningModule):
         self.lpips = LPIPS(
             backbone, version, pretrained=pretrained, heads="random", dropout=dropout, tune_backbone=variant != "lin",
             backbone_weights=backbone_weights, taps=taps, backbone_args=backbone_args, lora_rank=lora_rank,
-        )  # fmt: skip
+        ).train()  # fmt: skip
         if instance:
             set_hparam(self, "backbone", self.lpips.backbone_spec)
         self.rank_head = make_head(loss, margin)
