@@ -6,13 +6,15 @@ returns RGB uint8 (H, W, 3), resized when asked (PIL bilinear, as the original l
 keeps only the high byte of 16-bit colour, so those are decoded a second time with the
 tiles' raw mode swapped to the other byte order to recover the low byte. 32-bit integer and
 floating-point images have no fixed white level and are refused, as is anything PIL cannot
-decode, in one `PackError` line naming the file.
+decode, in one `PackError` line naming the file; so is a pipe, device or socket, before it is
+opened (a pipe would block forever).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import sys
 import warnings
 
@@ -53,6 +55,19 @@ def _to_8bit(values: np.ndarray) -> np.ndarray:
 def _open_image(source: str | os.PathLike | bytes) -> Image.Image:
     """PIL's lazy open of a file, or of an image's encoded bytes (an archive member)."""
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def _check_regular(path: str | os.PathLike) -> None:
+    """Refuse a pipe, device or socket before it is opened (a pipe would block the open forever).
+
+    A missing file or a folder is left to the open, which names it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, or a name the system cannot take
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise PackError(f"{path}: not a regular file (a device, pipe or socket), not an image file")
 
 
 def _sixteen_bit_colour(source: str | os.PathLike | bytes, high: np.ndarray, raw: str) -> np.ndarray:
@@ -126,6 +141,8 @@ def load_image(path: str | os.PathLike | bytes, size: int | None = None, name: s
     array is writable.
     """
     source, path = path, name or path
+    if not isinstance(source, bytes):
+        _check_regular(source)
     try:
         with warnings.catch_warnings():  # PIL warns (twice, over several lines) above 89M pixels: they decode
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

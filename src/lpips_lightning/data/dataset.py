@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from ..errors import ConfigError, JudgmentsError
-from . import judgments
+from . import group_checks, judgments
 
 
 class JudgmentsDataset(Dataset):
@@ -48,7 +48,9 @@ class JudgmentsDataset(Dataset):
         self.keys = judgments.image_keys(self.kind)
         self.target_key = judgments.TARGET[self.kind]
         with judgments.open_file(self.path) as f:
-            lengths = [judgments.validate_group(f, g) for g in self.groups]
+            # what the file is now: a file replaced or rewritten under a running fit is noticed at its next read
+            self.identity = _identity(self.path)
+            lengths = [group_checks.validate_group(f, g) for g in self.groups]
             shapes = {f[g][self.keys[0]].shape[1:] for g in self.groups}
             if len(shapes) != 1:
                 raise JudgmentsError(f"{self.path}: groups {', '.join(self.groups)} hold images of different sizes")
@@ -66,6 +68,7 @@ class JudgmentsDataset(Dataset):
                     for k in self.keys
                 }
         self._file: h5py.File | None = None
+        self._datasets: list[list[tuple[h5py.Dataset, bool]]] = []
         # only indices, judgments and groups: the images are gathered elsewhere (on the device)
         self.index_only = index_only
 
@@ -80,21 +83,22 @@ class JudgmentsDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_file"] = None
+        state["_file"], state["_datasets"] = None, []
         return state
 
     def _read(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        _check_unchanged(self.path, self.identity)  # one stat per batch (a few microseconds)
         if self._file is None:
             self._file = h5py.File(self.path, "r")
+            self._datasets = [[_with_raw(self._file[g][k]) for k in self.keys] for g in self.groups]
         out = {k: np.empty((len(indices), *self.image_shape), np.uint8) for k in self.keys}
         which = np.searchsorted(self.offsets, indices, side="right") - 1
-        datasets = [[self._file[g][k] for k in self.keys] for g in self.groups]
         for j, (i, gi) in enumerate(zip(indices, which)):
             local = int(i - self.offsets[gi])
-            for k, d in zip(self.keys, datasets[gi]):
+            for k, (d, raw) in zip(self.keys, self._datasets[gi]):
                 try:
-                    out[k][j] = _read_sample(d, local)
-                except OSError as err:
+                    out[k][j] = _read_sample(d, local, raw)
+                except (OSError, RuntimeError) as err:
                     raise judgments.damaged(self.path, self.groups[gi], k, err) from None
         return {k: torch.from_numpy(v) for k, v in out.items()}
 
@@ -117,12 +121,49 @@ class JudgmentsDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
 
-def _read_sample(d: h5py.Dataset, i: int) -> np.ndarray:
-    """One sample: the raw chunk when it is one uncompressed sample (7 us), else h5py indexing (10 us)."""
-    if d.chunks is not None and d.chunks[0] == 1 and not d.compression and d.chunks[1:] == d.shape[1:]:
-        _, raw = d.id.read_direct_chunk((i,) + (0,) * (d.ndim - 1))
-        return np.frombuffer(raw, np.uint8).reshape(d.shape[1:])
+def _with_raw(d: h5py.Dataset) -> tuple[h5py.Dataset, bool]:
+    """`d`, and whether its chunks can be read raw: one sample each, stored as is.
+
+    No filter at all: a checksum, scale-offset or compression changes the bytes on disk.
+    """
+    one_sample = d.chunks is not None and d.chunks[0] == 1 and d.chunks[1:] == d.shape[1:]
+    return d, one_sample and d.id.get_create_plist().get_nfilters() == 0
+
+
+def _read_sample(d: h5py.Dataset, i: int, raw: bool) -> np.ndarray:
+    """One sample: the raw chunk when `raw` (7 us), else h5py indexing (10 us)."""
+    if raw:
+        _, data = d.id.read_direct_chunk((i,) + (0,) * (d.ndim - 1))
+        return np.frombuffer(data, np.uint8).reshape(d.shape[1:])
     return d[i]
+
+
+def _identity(path: str) -> tuple[int, int, int, int] | None:
+    """What tells one file from another, or from itself rewritten: (device, inode, size, mtime); None if gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _check_unchanged(path: str, identity: tuple[int, int, int, int] | None) -> None:
+    """Refuse to read on from a judgments file that was replaced, rewritten or removed since it was opened.
+
+    HDF5 reads a file rewritten under it as zeros: training would go on, on black images.
+    """
+    now = _identity(path)
+    if now == identity:
+        return
+    if now is None:
+        how = "it was removed"
+    elif identity is None or now[:2] != identity[:2]:
+        how = "another file was put in its place"
+    elif now[2] != identity[2]:
+        how = f"rewritten: {identity[2]} bytes, now {now[2]}"
+    else:
+        how = "rewritten in place"
+    raise JudgmentsError(f"{path} changed while it was being read ({how}): stop")
 
 
 def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
