@@ -29,7 +29,7 @@ def temp_name(path: Path, pid: int | None = None) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid() if pid is None else pid}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
@@ -49,7 +49,7 @@ def remove_stale_temps(path: Path, quiet: bool = False) -> list[Path]:
         return removed
     for entry in path.parent.iterdir():
         m = pattern.match(entry.name)
-        if m and entry.is_file() and not _pid_alive(int(m.group(1))):
+        if m and entry.is_file() and not pid_alive(int(m.group(1))):
             try:
                 entry.unlink()
             except OSError:
@@ -102,7 +102,7 @@ def make_folder(folder: str | os.PathLike, what: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError(f"{what} {folder}: cannot create the folder ({err.strerror or err!r})") from None
+        raise OutputError(f"{what} {folder}: cannot create the folder ({err.strerror or repr(err)})") from None
     return folder
 
 

@@ -25,6 +25,7 @@ from ..data.datamodule import JudgmentsDataModule
 from ..errors import ConfigError, LPIPSLightningError, message_of
 from ..train import links
 from ..train.callbacks import BestCheckpoint, FitSummary, SaveConfig, SubsetChart
+from ..train.checkpoint_io import use_atomic_checkpoints
 from ..train.loggers import make_loggers
 from ..train.module import LPIPSModule
 from ..train.resume import explicit_options
@@ -156,10 +157,12 @@ class LPIPSCLI(LightningCLI):
         trainer_config["callbacks"] = [*given, *own]
         extra_callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         try:
-            return self._instantiate_trainer(trainer_config, extra_callbacks)
+            trainer = self._instantiate_trainer(trainer_config, extra_callbacks)
         except BaseException:
             self.run.release()  # a refused Trainer leaves no empty run folder behind
             raise
+        use_atomic_checkpoints(trainer)  # written beside and renamed: a full disk never cuts a good checkpoint
+        return trainer
 
 
 class _NoTips(logging.Filter):
@@ -283,3 +286,6 @@ def run_training(argv: Sequence[str]) -> int:
         if interrupted is None:
             raise
         raise interrupted from None
+    finally:
+        if getattr(LPIPSCLI.running, "run", None) is not None:
+            LPIPSCLI.running.run.unclaim()  # the run folder is free again for a resume

@@ -62,7 +62,7 @@ def _write_failed(err: OSError, part: Path) -> DownloadError:
             f"no space left in {part.parent} while writing {part.name[1:-5]} ({_kept(kept, part)}); "
             "free some space and run the same command again to resume"
         )
-    return DownloadError(f"cannot write {part} ({err.strerror or err!r})")
+    return DownloadError(f"cannot write {part} ({err.strerror or repr(err)})")
 
 
 def check_archive(path: str | os.PathLike, progress: bool = False, what: str | None = None) -> int:
@@ -120,7 +120,7 @@ def fetch(
         try:
             fh = open(part, "ab", buffering=0)  # unbuffered: nothing left to flush when the disk is full
         except OSError as err:
-            raise OutputError(f"cannot write {part} ({err.strerror or err!r})") from None
+            raise OutputError(f"cannot write {part} ({err.strerror or repr(err)})") from None
         with fh:  # locked until the archive is checked and renamed
             _lock(fh, part)
             try:
@@ -158,7 +158,7 @@ def _download_locked(
     try:
         os.replace(part, target)
     except OSError as err:
-        raise OutputError(f"cannot rename {part} to {target} ({err.strerror or err!r})") from None
+        raise OutputError(f"cannot rename {part} to {target} ({err.strerror or repr(err)})") from None
     return members
 
 

@@ -1,6 +1,7 @@
 """A run's logs: a CSV log that a resumed run continues, and a W&B run, online when it can be, else offline.
 
-A run folder's ``metrics.csv`` keeps its history when the run resumes (`ResumableCSVLogger`);
+A run folder's ``metrics.csv`` keeps its history when the run resumes (`ResumableCSVLogger`:
+the kept rows are written beside it and renamed over it, so a failed write leaves the log as it was);
 W&B runs online when a key is known and its server answers within 3 s, else offline with a
 line on how to sync it later, and a resumed run continues the W&B run it logged to before.
 """
@@ -17,6 +18,8 @@ from urllib.parse import urlparse
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from ..errors import OutputError
+from ..outputs import remove_stale_temps, temp_name
 from .cadence import drop_anonymous_none
 from .runs import global_rank_zero, rank_zero_print
 
@@ -49,23 +52,39 @@ class ResumableCSVLogger(CSVLogger):
     def experiment(self):
         if self.restored:
             return super().experiment
-        self.restored = True
         path = Path(self.log_dir) / "metrics.csv"
-        kept: list[dict] = []
-        header: list[str] = []
-        if self.keep_until_step is not None and path.is_file():
-            with open(path, newline="") as fh:
-                reader = csv.DictReader(fh)
-                header = list(reader.fieldnames or [])
-                kept = [r for r in reader if self._before_resume(r)]
-            path.unlink()  # Lightning's writer would delete it anyway; it is rewritten below
-        experiment = super().experiment
-        if header:
-            with open(path, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=header)
-                writer.writeheader()
-                writer.writerows(kept)
-            experiment.metrics_keys = header
+        if self.keep_until_step is None or not path.is_file():
+            self.restored = True
+            return super().experiment
+        tmp = temp_name(path)
+        try:
+            try:
+                with open(path, newline="") as fh:
+                    reader = csv.DictReader(fh)
+                    header = list(reader.fieldnames or [])
+                    kept = [r for r in reader if self._before_resume(r)]
+                if not header:
+                    self.restored = True
+                    return super().experiment
+                remove_stale_temps(path, quiet=True)
+                with open(tmp, "w", newline="") as fh:  # the kept rows, beside the log: it stays until they are whole
+                    writer = csv.DictWriter(fh, fieldnames=header)
+                    writer.writeheader()
+                    writer.writerows(kept)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                experiment = super().experiment  # Lightning's writer deletes an existing metrics.csv
+                os.replace(tmp, path)
+            except OSError as err:
+                raise OutputError(
+                    f"{path}: cannot write the resumed run's log ({err.strerror or type(err).__name__}); "
+                    "it is left as it was"
+                ) from None
+        finally:
+            if path.exists():  # never the only copy of the kept rows
+                tmp.unlink(missing_ok=True)
+        self.restored = True  # only now: until then, Lightning's writer must not start (it would delete the log)
+        experiment.metrics_keys = header
         return experiment
 
 

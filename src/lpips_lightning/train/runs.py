@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from ..backbones.specs import short_name
 from ..errors import ConfigError, LPIPSLightningError
-from ..outputs import _pid_alive
+from .claims import CLAIM, check_writable, claim_alive, claim_pid, take_claim
 from .resume import check_checkpoint, refuse_conflicts
 
 _INHERITED = "LPIPS_LIGHTNING_RUN_DIR"  # set by the rank-0 process for Lightning's DDP children
@@ -76,9 +77,6 @@ def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-CLAIM = ".lpips-lightning-run"  # created exclusively in a named run folder: two runs never share one
-
-
 def _taken(folder: Path, ignore: str | None = None) -> bool:
     """Whether `folder` holds a run: anything in it but `ignore`, or a claim whose process is gone."""
     if not folder.exists():
@@ -86,16 +84,9 @@ def _taken(folder: Path, ignore: str | None = None) -> bool:
     if not folder.is_dir():
         return True
     entries = [e for e in folder.iterdir() if e.name != ignore]
-    if [e.name for e in entries] == [CLAIM] and not _claim_alive(entries[0]):
+    if [e.name for e in entries] == [CLAIM] and not claim_alive(entries[0]):
         return False  # claimed by a run killed before it wrote anything (SIGKILL, power loss)
     return bool(entries)
-
-
-def _claim_alive(claim: Path) -> bool:
-    try:
-        return _pid_alive(int(claim.read_text().split()[0]))
-    except (OSError, ValueError, IndexError):
-        return False
 
 
 def check_run_name(name: str | None) -> None:
@@ -143,6 +134,10 @@ class RunFolder:
             return
         self.path, self.explicit = self._choose(config, ckpt)
         if self.resume:
+            if global_rank_zero():  # like a new run, a resumed one holds its folder: never two at once
+                check_writable(self.path)
+                take_claim(self.path)
+                self._claimed = True
             rank_zero_print(f"resuming run {self.path.name} from {Path(ckpt).name}")
             self.resume_step = info.get("logged_step", info.get("global_step"))
         elif self.explicit and global_rank_zero() and _taken(self.path):
@@ -222,8 +217,12 @@ class RunFolder:
                     with os.fdopen(fd, "w") as fh:
                         fh.write(f"{os.getpid()}\n")
                     if _taken(path, ignore=CLAIM):
-                        claim.unlink()
+                        if claim_pid(claim) == os.getpid():  # never the claim a resume took meanwhile
+                            claim.unlink()
                         raise FileExistsError
+                else:  # a new folder of this process's own: its claim keeps a resume out while it runs
+                    take_claim(path)
+                self._claimed = True
                 break
             except FileExistsError:
                 if self.explicit:
@@ -235,6 +234,16 @@ class RunFolder:
         self.path, self._made = path, True
         os.environ[_INHERITED] = str(path)  # Lightning's DDP children start from this process's environment
         return path
+
+    def unclaim(self) -> None:
+        """Give up the claim this process holds on the run folder (when the command ends, however it ends)."""
+        if not getattr(self, "_claimed", False):
+            return
+        self._claimed = False
+        claim = self.path / CLAIM
+        if claim_pid(claim) == os.getpid():
+            with contextlib.suppress(OSError):
+                claim.unlink()
 
     def release(self) -> None:
         """Remove the folder `reserve` made if nothing but the run's config was written into it.
