@@ -220,21 +220,22 @@ def write_judgments(path: Path, groups: dict[str, dict[str, np.ndarray]]) -> Pat
 
     with judgments.write(path) as w:
         for name, arrays in groups.items():
-            n, _, h, wd = arrays["p0"].shape
-            g = w.create_group(name, n, (h, wd))
+            arrays = dict(arrays)
+            better = bool(arrays.pop("higher_is_better", True))  # MOS groups: False for DMOS
+            n, _, h, wd = arrays[judgments.image_keys(judgments.kind_of(name))[0]].shape
+            g = w.create_group(name, n, (h, wd), std="std" in arrays, higher_is_better=better)
             w.fill(g, 0, arrays)
     return path
 
 
 def random_group(kind: str, n: int = 6, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
-    """The arrays of one group of `kind` ("2afc" or "jnd"): random images and judgments."""
+    """The arrays of one group of `kind` ("2afc", "jnd" or "mos"): random images and judgments (MOS: scores 1..5)."""
     from lpips_lightning.data import judgments
 
     rng = np.random.default_rng(seed)
     arrays = {k: rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8) for k in judgments.image_keys(kind)}
-    arrays[judgments.TARGET[kind]] = rng.random(n).astype(np.float32)
+    arrays[judgments.TARGET[kind]] = rng.random(n).astype(np.float32) * (4 if kind == "mos" else 1) + (kind == "mos")
     return arrays
-
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +268,7 @@ def pngs(tmp_path) -> list[Path]:
         Image.fromarray(rng.integers(0, 256, (44, 52, 3), dtype=np.uint8)).save(tmp_path / f"{n}.png")
         files.append(tmp_path / f"{n}.png")
     return files
+
 
 def parsed_trainer_options(**given):
     """Trainer options as `fit`'s command line parses them (Lightning's defaults, then `given`)."""

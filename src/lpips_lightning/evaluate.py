@@ -23,7 +23,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
 from .backbones.fast import prepacked_copy
-from .data import judgments
+from .data import group_checks, judgments
 from .data.dataset import JudgmentsDataset
 from .errors import ConfigError, LPIPSLightningError
 from .export.read import load
@@ -189,7 +189,7 @@ def evaluate(
     """
     dev = pick_device(device)
     with judgments.open_file(path) as f:
-        chosen = judgments.resolve(f, list(groups) if groups else default_groups(f))
+        chosen = group_checks.resolve(f, list(groups) if groups else default_groups(f))
     if not chosen:
         raise ConfigError(f"{path}: the file holds no groups to score")
     sets = {g: JudgmentsDataset(path, [g], in_memory=False) for g in chosen}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import assert_refused
 
-from lpips_lightning.data import judgments
+from lpips_lightning.data import group_checks, judgments
 from lpips_lightning.data.dataset import JudgmentsDataset
 from lpips_lightning.errors import JudgmentsError
 
@@ -146,4 +146,4 @@ def test_validation_reaches_the_dataset_and_groups_never_crashes(tmp_path):
 
 def test_a_packed_file_passes_validation(module_bapps_h5):
     with judgments.open_file(module_bapps_h5) as f:
-        assert judgments.resolve(f, ["2afc/*/*", "jnd/*/*"]) == ["2afc/train/trad", "2afc/val/cnn", "jnd/val/cnn"]
+        assert group_checks.resolve(f, ["2afc/*/*", "jnd/*/*"]) == ["2afc/train/trad", "2afc/val/cnn", "jnd/val/cnn"]

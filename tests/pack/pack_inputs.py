@@ -16,7 +16,7 @@ from conftest import assert_refused
 from PIL import Image
 
 from lpips_lightning.cli.main import main
-from lpips_lightning.data import judgments
+from lpips_lightning.data import group_checks, judgments
 
 
 def images(folder: Path, n: int = 3, size: int = 8) -> None:
@@ -164,7 +164,7 @@ def assert_holds(out: Path, groups: dict) -> None:
             for key, value in arrays.items():
                 np.testing.assert_array_equal(f[group][key][()], value)
             assert list(f[group]["names"].asstr()[()]) == [f"{i:06d}" for i in range(len(value))]
-            judgments.validate_group(f, group)
+            group_checks.validate_group(f, group)
 
 
 def edited(mirror: dict, folder: Path, edit: Callable[[list], list], part: str = "val") -> Path:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
-from . import judgments
+from . import group_checks, judgments
 from .dataset import EpochShuffleSampler, JudgmentsDataset, UnpaddedDistributedSampler, keep_batch
 from .demo import demo_path, ensure_demo
 
@@ -109,12 +109,12 @@ class JudgmentsDataModule(pl.LightningDataModule):
 
     def _resolve(self) -> None:
         with judgments.open_file(self.file) as f:
-            self.train_groups = judgments.resolve(f, self.train_patterns)
+            self.train_groups = group_checks.resolve(f, self.train_patterns)
             patterns = self.val_patterns
             if self.default_val:
                 patterns = [g for g in judgments.groups(f) if any(fnmatchcase(g, p) for p in DEFAULT_VAL)]
-            self.val_groups = judgments.resolve(f, patterns)
-            self.test_groups = judgments.resolve(f, self.test_patterns)
+            self.val_groups = group_checks.resolve(f, patterns)
+            self.test_groups = group_checks.resolve(f, self.test_patterns)
             chosen = dict.fromkeys(self.train_groups + self.val_groups + self.test_groups)
             self._image_sizes = {g: tuple(f[g]["p0"].shape[-2:]) for g in chosen}
         jnd_train = [g for g in self.train_groups if judgments.kind_of(g) != "2afc"]

@@ -11,6 +11,13 @@
       jnd/<split>/<subset>/           attrs: kind = "jnd", source
           p0, p1        uint8 (N, 3, H, W)
           same          float32 (N,)         fraction of observers who answered "same"
+      mos/<split>/<subset>/           attrs: kind = "mos", source, higher_is_better (True: MOS, False: DMOS)
+          ref, dist     uint8 (N, 3, H, W)   the reference and the distorted image
+          mos           float32 (N,)         the opinion score, finite, in the data set's own unit
+          std           float32 (N,)         optional: the scores' standard deviation, >= 0
+          names         str (N,)             optional
+
+Groups of kinds this file does not list are left alone: files written before MOS groups open unchanged.
 
 Files are written to a temporary name beside the target and renamed when complete
 (`outputs.atomic_output`, the one place that knows how outputs are written).
@@ -21,9 +28,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import h5py
@@ -34,25 +41,27 @@ from ..outputs import atomic_output
 
 FORMAT = "lpips-lightning/judgments"
 FORMAT_VERSION = 1
-KINDS = {"2afc": ("ref", "p0", "p1"), "jnd": ("p0", "p1")}
-TARGET = {"2afc": "judge", "jnd": "same"}
-GROUP_RE = re.compile(r"^(2afc|jnd)/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$")
+KINDS = {"2afc": ("ref", "p0", "p1"), "jnd": ("p0", "p1"), "mos": ("ref", "dist")}
+TARGET = {"2afc": "judge", "jnd": "same", "mos": "mos"}
+GROUP_RE = re.compile(r"^(2afc|jnd|mos)/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$")
+GROUP_FORMS = "2afc/<split>/<subset>, jnd/<split>/<subset> or mos/<split>/<subset>"
+MIN_MOS_ITEMS = 3  # fewer scores have no rank correlation
 
 
 def image_keys(kind: str) -> tuple[str, ...]:
-    """The image datasets of a group of this kind: ``ref, p0, p1`` or ``p0, p1``."""
+    """The image datasets of a group of this kind: ``ref, p0, p1``, ``p0, p1`` or ``ref, dist``."""
     return KINDS[kind]
 
 
 def kind_of(group: str) -> str:
-    """``2afc`` or ``jnd``, from a group path such as ``2afc/val/cnn``."""
+    """``2afc``, ``jnd`` or ``mos``, from a group path such as ``2afc/val/cnn``."""
     return group.split("/", 1)[0]
 
 
 def check_group_name(group: str) -> str:
-    """Return `group` if it reads ``2afc|jnd/<split>/<subset>``, else raise `JudgmentsError`."""
+    """Return `group` if it reads ``2afc|jnd|mos/<split>/<subset>``, else raise `JudgmentsError`."""
     if not GROUP_RE.match(group):
-        raise JudgmentsError(f"group name {group!r} must read 2afc/<split>/<subset> or jnd/<split>/<subset>")
+        raise JudgmentsError(f"group name {group!r} must read {GROUP_FORMS}")
     return group
 
 
@@ -63,13 +72,28 @@ class Writer:
         self.file = file
 
     def create_group(
-        self, group: str, n: int, size: tuple[int, int], source: str = "", votes: bool = False, names: bool = False
+        self,
+        group: str,
+        n: int,
+        size: tuple[int, int],
+        source: str = "",
+        votes: bool = False,
+        names: bool = False,
+        std: bool = False,
+        higher_is_better: bool = True,
     ) -> h5py.Group:
-        """Create an empty group of `n` items of `size` (H, W), to be filled with `fill`."""
+        """Create an empty group of `n` items of `size` (H, W), to be filled with `fill`.
+
+        MOS groups only: `std` adds the scores' standard deviations; `higher_is_better` is False for DMOS.
+        """
         kind = kind_of(check_group_name(group))
+        if kind != "mos" and std:
+            raise JudgmentsError(f"group {group}: std belongs to MOS groups only")
         g = self.file.create_group(group)
         g.attrs["kind"] = kind
         g.attrs["source"] = str(source)
+        if kind == "mos":
+            g.attrs["higher_is_better"] = bool(higher_is_better)
         h, w = size
         for key in image_keys(kind):
             # uncompressed, one sample per chunk: random single-sample reads stay fast
@@ -77,6 +101,8 @@ class Writer:
         g.create_dataset(TARGET[kind], shape=(n,), dtype=np.float32)
         if votes:
             g.create_dataset("votes", shape=(n,), dtype=np.uint16)
+        if std:
+            g.create_dataset("std", shape=(n,), dtype=np.float32)
         if names:
             g.create_dataset("names", shape=(n,), dtype=h5py.string_dtype())
         return g
@@ -152,10 +178,14 @@ def _close_quietly(f: h5py.File) -> None:
 def open_file(path: str | os.PathLike) -> h5py.File:
     """Open a judgments file for reading, checking that it is one, of a version this code reads."""
     path = Path(path)
-    if not path.exists():
-        raise JudgmentsError(f"{path}: no such judgments file (make one with `lpips-lightning pack`)")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise JudgmentsError(f"{path}: no such judgments file (make one with `lpips-lightning pack`)") from None
+    if stat.S_ISDIR(mode):
         raise JudgmentsError(f"{path}: is a folder, not a judgments file")
+    if not stat.S_ISREG(mode):  # a pipe would block the open forever
+        raise JudgmentsError(f"{path}: not a regular file (a device, pipe or socket), not a judgments file")
     try:
         f = h5py.File(path, "r")
     except OSError as err:
@@ -169,7 +199,7 @@ def open_file(path: str | os.PathLike) -> h5py.File:
         else:
             reason = "truncated or damaged"
         raise JudgmentsError(f"{path}: not a readable judgments file: {reason}") from None
-    fmt, raw = _text(_attr(f, "format")), _attr(f, "format_version")
+    fmt, raw = as_text(attr_of(f, "format")), attr_of(f, "format_version")
     try:
         version = int(raw) if raw is not None and np.ndim(raw) == 0 and float(raw) == int(raw) else None
     except (TypeError, ValueError, OverflowError):  # not a whole number
@@ -180,20 +210,20 @@ def open_file(path: str | os.PathLike) -> h5py.File:
     if version != FORMAT_VERSION:
         f.close()
         raise JudgmentsError(
-            f"{path}: judgments format version {version if version is not None else _shown(raw)}, "
+            f"{path}: judgments format version {version if version is not None else shown(raw)}, "
             f"this lpips-lightning reads version {FORMAT_VERSION}"
         )
     return f
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
     """An attribute's value as a message shows it: a number plainly, text quoted."""
     if isinstance(value, (np.generic, np.ndarray)):
         value = value.tolist()
     return repr(value) if isinstance(value, (str, bytes)) else str(value)
 
 
-def _attr(obj, name: str):
+def attr_of(obj, name: str):
     """An attribute, or None when it is missing or of a type h5py cannot read."""
     try:
         return obj.attrs.get(name)
@@ -201,14 +231,14 @@ def _attr(obj, name: str):
         return None
 
 
-def _text(value) -> str | None:
+def as_text(value) -> str | None:
     """An attribute as text: h5py returns variable-length strings as str, fixed-length ones as bytes."""
     if isinstance(value, (bytes, np.bytes_)):
         return bytes(value).decode("utf-8", "replace")
     return value if isinstance(value, str) else None
 
 
-def _what(obj) -> str:
+def what_is(obj) -> str:
     if obj is None:
         return "a broken link"
     if isinstance(obj, h5py.Dataset):
@@ -229,120 +259,27 @@ def groups(f: h5py.File) -> dict[str, str]:
         top = f.get(kind)
         if not isinstance(top, h5py.Group):
             raise JudgmentsError(
-                f"{f.filename}: {kind} is {_what(top)}, expected a group holding {kind}/<split>/<subset>"
+                f"{f.filename}: {kind} is {what_is(top)}, expected a group holding {kind}/<split>/<subset>"
             )
         for split in sorted(top):
             g = top.get(split)
             if not isinstance(g, h5py.Group):
                 raise JudgmentsError(
-                    f"{f.filename}: {kind}/{split} is {_what(g)}, expected a group holding {kind}/{split}/<subset>"
+                    f"{f.filename}: {kind}/{split} is {what_is(g)}, expected a group holding {kind}/{split}/<subset>"
                 )
             for subset in sorted(g):
                 sub = g.get(subset)
                 if not isinstance(sub, h5py.Group):
                     raise JudgmentsError(
-                        f"{f.filename}: group {kind}/{split}/{subset} is {_what(sub)}, expected a group of datasets"
+                        f"{f.filename}: group {kind}/{split}/{subset} is {what_is(sub)}, expected a group of datasets"
                     )
                 found[f"{kind}/{split}/{subset}"] = kind
     return found
 
 
-def validate_group(f: h5py.File, group: str) -> int:
-    """Check one group: names, dtypes, shapes, lengths and judgment values; return its number of items.
-
-    Every problem is one `JudgmentsError` naming the file and the group: a missing group or
-    dataset, a dataset where a group belongs, a kind attribute that does not match the path,
-    images that are not uint8 (N, 3, H, W) of one size, a judgment column that is not float32 (N,),
-    judgments that are NaN or outside [0, 1], optional columns of another length, no items.
-    """
-    where = f"{f.filename}: group {group}"
-    if not GROUP_RE.match(group):
-        raise JudgmentsError(f"{where}: the name must read 2afc/<split>/<subset> or jnd/<split>/<subset>")
-    kind = kind_of(group)
-    parts = group.split("/")
-    for depth in range(1, 4):
-        path = "/".join(parts[:depth])
-        obj = f.get(path)
-        if obj is None and path not in f:
-            raise JudgmentsError(f"{where}: no such group in the file")
-        if not isinstance(obj, h5py.Group):
-            raise JudgmentsError(f"{where}: {path} is {_what(obj)}, not a group")
-    g = f[group]
-    attr = _text(_attr(g, "kind"))
-    if attr != kind:
-        found = "no kind attribute" if attr is None else f"kind attribute {attr!r}"
-        raise JudgmentsError(f"{where}: {found}, expected kind = {kind!r}")
-    target = TARGET[kind]
-    missing = [k for k in (*image_keys(kind), target) if k not in g]
-    if missing:
-        raise JudgmentsError(f"{where} lacks dataset(s) {', '.join(missing)}")
-    for key in (*image_keys(kind), target):
-        if not isinstance(g.get(key), h5py.Dataset):
-            raise JudgmentsError(f"{where}: {key} is {_what(g.get(key))}, expected a dataset")
-    t = g[target]
-    if t.dtype != np.dtype(np.float32) or t.ndim != 1:
-        raise JudgmentsError(f"{where}: {target} must be float32 (N,), found {t.dtype} {t.shape}")
-    n = t.shape[0]
-    if n == 0:
-        raise JudgmentsError(f"{where}: no items (the {target} column is empty)")
-    for key in (*image_keys(kind), target, *(k for k in ("votes", "names") if isinstance(g.get(k), h5py.Dataset))):
-        d = g[key]
-        if d.is_virtual or d.external:
-            raise JudgmentsError(
-                f"{where}: {key} keeps its data in other files (an HDF5 {'virtual' if d.is_virtual else 'external'} "
-                "dataset), which may be missing; copy it into the file (h5repack) or pack again"
-            )
-    shapes = set()
-    for key in image_keys(kind):
-        d = g[key]
-        if d.dtype != np.uint8 or d.ndim != 4 or d.shape[1] != 3 or d.shape[0] != n or 0 in d.shape[2:]:
-            raise JudgmentsError(f"{where}: {key} must be uint8 (N={n}, 3, H, W), found {d.dtype} {d.shape}")
-        shapes.add(d.shape[2:])
-    if len(shapes) > 1:
-        sizes = ", ".join(f"{k} {g[k].shape[2]}x{g[k].shape[3]}" for k in image_keys(kind))
-        raise JudgmentsError(f"{where}: images of different sizes ({sizes}); all must be H x W alike")
-    for key in ("votes", "names"):
-        if key in g:
-            d = g.get(key)
-            if not isinstance(d, h5py.Dataset) or d.shape != (n,):
-                found = f"{d.dtype} {d.shape}" if isinstance(d, h5py.Dataset) else _what(d)
-                raise JudgmentsError(f"{where}: optional {key} must hold one entry per item (N={n}), found {found}")
-            negative = d.dtype.kind == "i" and bool((read(f, group, key) < 0).any())
-            if key == "votes" and (d.dtype.kind not in "iu" or negative):
-                raise JudgmentsError(
-                    f"{where}: optional votes must be non-negative integers, found {d.dtype}"
-                    + (" with negative counts" if negative else "")
-                )
-            if key == "names" and d.dtype.kind not in "SUO":
-                raise JudgmentsError(f"{where}: optional names must be strings, found {d.dtype}")
-    values = read(f, group, target)
-    bad = ~(np.isfinite(values) & (values >= 0) & (values <= 1))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise JudgmentsError(
-            f"{where}: {target}[{i}] = {values[i]} is not a finite number in [0, 1]"
-            + (f" ({int(bad.sum()) - 1} more such values)" if bad.sum() > 1 else "")
-        )
-    return n
-
-
-def resolve(f: h5py.File, patterns: list[str] | tuple[str, ...] | None) -> list[str]:
-    """Expand group names and globs (``2afc/val/*``) against the file's groups, in order, no repeats.
-
-    Every chosen group is validated (`validate_group`).
-    """
-    available = list(groups(f))
-    chosen: list[str] = []
-    for pattern in patterns or []:
-        hits = [g for g in available if fnmatchcase(g, pattern)]
-        if not hits:
-            raise JudgmentsError(
-                f"{f.filename}: no group matches {pattern!r}; the file has: {', '.join(available) or 'no groups'}"
-            )
-        chosen += [g for g in hits if g not in chosen]
-    for g in chosen:
-        validate_group(f, g)
-    return chosen
+def higher_is_better(f: h5py.File, group: str) -> bool:
+    """Whether a higher score of MOS group `group` means better quality (MOS) rather than worse (DMOS)."""
+    return bool(f[group].attrs["higher_is_better"])
 
 
 def read(f: h5py.File, group: str, key: str, index=()) -> np.ndarray:
