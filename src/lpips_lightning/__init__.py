@@ -1,7 +1,7 @@
 """lpips-lightning: train learned perceptual image-similarity metrics (LPIPS) with PyTorch Lightning.
 
 Importing the package is cheap (the command line answers ``--help`` without torch);
-`LPIPS` and `load` import torch on first use.
+`LPIPS`, `EmbeddingDistance` and `load` import torch on first use.
 """
 
 from .errors import LPIPSLightningError
@@ -22,8 +22,12 @@ def __getattr__(name: str):
         from .model.lpips import LPIPS
 
         return LPIPS
+    if name == "EmbeddingDistance":
+        from .model.embedding import EmbeddingDistance
+
+        return EmbeddingDistance
     raise AttributeError(f"module 'lpips_lightning' has no attribute {name!r}")
 
 
-__all__ = ["LPIPS", "LPIPSLightningError", "load"]
+__all__ = ["LPIPS", "EmbeddingDistance", "LPIPSLightningError", "load"]
 __version__ = "0.1.0"

@@ -7,7 +7,9 @@ MODEL (`resolve_model`): a checkpoint or any export (see `lpips_lightning.export
 ``baseline:alex|vgg|squeeze`` (no heads), ``l2`` (mean squared RGB difference) or ``ssim``
 (1 - SSIM, torchmetrics, RGB in [0, 1]). `evaluate` runs each model once on one item of each
 image size (a model that cannot score the file fails before any scoring), then on every item;
-`report` turns the result into the table and the files.
+`report` turns the result into the table and the files. A MOS group is scored by d(ref, dist)
+against its opinion scores (`model.correlations`); `bootstrap` resamples each group's items for
+a 95 % interval of every score.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from .data import group_checks, judgments
 from .data.dataset import JudgmentsDataset
 from .errors import ConfigError, LPIPSLightningError
 from .export.read import load
+from .model.correlations import bootstrap_ci, correlations
 from .model.lpips import LPIPS, to_unit_range
-from .model.metrics import score_subset
+from .model.metrics import SCORE_NAMES, score_subset
 
 SPLITS_BY_DEFAULT = ("val", "test")
 SSIM_MIN_SIZE = 6
@@ -71,7 +74,7 @@ def resolve_model(spec: str, trust_code: bool = False) -> nn.Module:
 
 
 def distances(model: Callable, dataset: JudgmentsDataset, batch_size: int, device: torch.device, bar) -> dict:
-    """Per-item distances of one group: {"d0", "d1"} (2AFC) or {"d"} (JND), numpy float64.
+    """Per-item distances of one group: {"d0", "d1"} (2AFC) or {"d"} (JND: p0-p1, MOS: ref-dist), numpy float64.
 
     `model`: a model, or what `scorer` made of one.
     """
@@ -80,11 +83,14 @@ def distances(model: Callable, dataset: JudgmentsDataset, batch_size: int, devic
         for start in range(0, len(dataset), batch_size):
             batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
             batch = {k: v.to(device) for k, v in batch.items()}
-            pairs = {"d0": ("ref", "p0"), "d1": ("ref", "p1")} if "ref" in batch else {"d": ("p0", "p1")}
+            if "dist" in batch:
+                pairs = {"d": ("ref", "dist")}
+            else:
+                pairs = {"d0": ("ref", "p0"), "d1": ("ref", "p1")} if "ref" in batch else {"d": ("p0", "p1")}
             for name, (a, b) in pairs.items():
                 d = model(to_unit_range(batch[a]), to_unit_range(batch[b])).flatten()
                 out.setdefault(name, []).append(d.double().cpu().numpy())
-            bar.update(len(batch["p0"]))
+            bar.update(len(batch[dataset.target_key]))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -149,9 +155,10 @@ def preflight(name: str, model: nn.Module, sets: dict[str, JudgmentsDataset], de
             continue
         seen.add(ds.image_shape)
         images = {k: v.to(device) for k, v in ds.read_images([0]).items()}
+        first, second = ds.keys[-2:]  # p0, p1 (2AFC, JND) or ref, dist (MOS)
         try:
             with torch.no_grad():
-                model(to_unit_range(images["p0"]), to_unit_range(images["p1"]))
+                model(to_unit_range(images[first]), to_unit_range(images[second]))
         except LPIPSLightningError as err:
             raise ConfigError(f"{name} cannot score group {group}: {err}") from None
         except Exception as err:  # a foreign model (TorchScript, ONNX) failing on these images
@@ -161,16 +168,44 @@ def preflight(name: str, model: nn.Module, sets: dict[str, JudgmentsDataset], de
             ) from None
 
 
-def score_group(name: str, group: str, d: dict[str, np.ndarray], target: torch.Tensor) -> float:
-    """The 2AFC score (d0, d1) or JND mAP (d) of one group's distances; refuses NaN or infinite ones."""
+def score_group(
+    name: str, group: str, d: dict[str, np.ndarray], target: torch.Tensor, higher_is_better: bool = True
+) -> float:
+    """The 2AFC score (d0, d1), JND mAP (d) or SRCC (d, MOS) of one group's distances; refuses NaN or infinite ones."""
     bad = sum(int((~np.isfinite(v)).sum()) for v in d.values())
     if bad:
         raise LPIPSLightningError(
             f"model {name} gives NaN or infinite distances ({bad} in group {group}): its weights or "
             "its backbone are broken; nothing is scored"
         )
-    kind, keys = ("2afc", ("d0", "d1")) if "d0" in d else ("jnd", ("d",))
-    return score_subset(kind, [torch.from_numpy(d[k]) for k in keys], target)
+    kind = judgments.kind_of(group)
+    keys = ("d0", "d1") if kind == "2afc" else ("d",)
+    return score_subset(kind, [torch.from_numpy(d[k]) for k in keys], target, higher_is_better)
+
+
+def details(
+    group: str,
+    d: dict[str, np.ndarray],
+    target: np.ndarray,
+    value: float,
+    higher_is_better: bool,
+    resamples: int,
+    seed: int,
+) -> dict:
+    """One score as results.json details it: kind, n, measure, value; correlations (MOS); ci95 (bootstrap)."""
+    kind = judgments.kind_of(group)
+    found = {"kind": kind, "n": int(len(target)), "measure": SCORE_NAMES[kind], "value": value}
+    if kind == "mos":
+        found.update(correlations(d["d"], target, higher_is_better))
+    if resamples:
+
+        def score(target, **dist):
+            return score_subset(
+                kind, [torch.from_numpy(v) for v in dist.values()], torch.from_numpy(target), higher_is_better
+            )
+
+        found["ci95"] = list(bootstrap_ci(score, {"target": target, **d}, resamples, seed))
+    return found
 
 
 def evaluate(
@@ -180,16 +215,22 @@ def evaluate(
     batch_size: int = 64,
     device: str | None = None,
     progress: bool = True,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> dict:
-    """Score each model on each group: {"scores": {model: {group: value}}, "items": ..., "groups": [...]}.
+    """Score each model on each group: {"scores": {model: {group: value}}, "details", "items", "groups"}.
 
     Without `groups`: the file's val and test groups (training groups would flatter a trained
     model), or every group when the file has no val/test split. "items" holds each group's
-    per-item distances and targets, numpy arrays: {model: {group: {"d0", "d1" or "d", "target"}}}.
+    per-item distances and targets, numpy arrays: {model: {group: {"d0", "d1" or "d", "target"}}};
+    "details" {model: {group: `details`}}, with a 95 % interval from `bootstrap` resamples (seeded by `seed`).
     """
     dev = pick_device(device)
+    if bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be a number of resamples >= 0, got {bootstrap}")
     with judgments.open_file(path) as f:
         chosen = group_checks.resolve(f, list(groups) if groups else default_groups(f))
+        better = {g: judgments.higher_is_better(f, g) for g in chosen if judgments.kind_of(g) == "mos"}
     if not chosen:
         raise ConfigError(f"{path}: the file holds no groups to score")
     sets = {g: JudgmentsDataset(path, [g], in_memory=False) for g in chosen}
@@ -199,13 +240,16 @@ def evaluate(
     total = sum(len(s) for s in sets.values()) * len(models)
     scores: dict[str, dict[str, float]] = {}
     items: dict[str, dict[str, dict]] = {}
+    detail: dict[str, dict[str, dict]] = {}
     with tqdm(total=total, unit="item", disable=not progress, desc="evaluate") as bar:
         for name, model in models.items():
-            scores[name], items[name] = {}, {}
+            bar.set_description(f"evaluate {name}")
+            scores[name], items[name], detail[name] = {}, {}, {}
             score = scorer(model, dev)
             for group, ds in sets.items():
                 d = distances(score, ds, batch_size, dev, bar)
-                target = ds.targets.double()
-                scores[name][group] = score_group(name, group, d, target)
+                target, hib = ds.targets.double(), better.get(group, True)
+                scores[name][group] = score_group(name, group, d, target, hib)
                 items[name][group] = {**d, "target": target.numpy()}
-    return {"scores": scores, "items": items, "groups": chosen}
+                detail[name][group] = details(group, d, target.numpy(), scores[name][group], hib, bootstrap, seed)
+    return {"scores": scores, "details": detail, "items": items, "groups": chosen}

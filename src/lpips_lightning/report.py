@@ -29,12 +29,22 @@ import torch
 
 from .data import judgments
 from .errors import OutputError
-from .model.metrics import jnd_precision_recall
+from .model.metrics import SCORE_NAMES, jnd_precision_recall
 
 OUTPUT_FILES = ("results.json", "results.csv", "distances.csv", "2afc_by_subset.png", "jnd_precision_recall.png")
-KINDS = {"2afc": "2AFC %", "jnd": "JND mAP %"}
+KINDS = {"2afc": "2AFC %", "jnd": "JND mAP %", "mos": "SRCC"}
+PERCENT = ("2afc", "jnd")  # shown as percentages; SRCC as it is (-1..1)
 # why a score of each kind can be undefined (NaN distances are refused before scoring)
-UNDEFINED = {"jnd": "no pair judged the same, so its JND mAP is undefined", "2afc": "no triplet scored"}
+UNDEFINED = {
+    "jnd": "no pair judged the same, so its JND mAP is undefined",
+    "2afc": "no triplet scored",
+    "mos": "the distances do not vary, so no rank correlation is defined",
+}
+MOS_NOTE = (
+    "SRCC: Spearman's rank correlation of distance with opinion score, signed so that a good metric scores "
+    "positive (negated against MOS, not against DMOS); results.json adds KRCC and PLCC (after a 4-parameter "
+    "logistic fit)"
+)
 STAGE = re.compile(r"^\.evaluate\.tmp-(\d+)$")  # `write_outputs`' temporary folder inside --out
 
 
@@ -67,8 +77,9 @@ def table(scores: dict[str, dict[str, float]], groups: list[str]) -> str:
     undefined = [g for g in groups if any(not defined(scores[n][g]) for n in names)]
     marks = {g: f"[{i}]" for i, g in enumerate(undefined, 1)}
 
-    def cell(value: float, why: list[str]) -> str:
-        text = f"{100 * value:.2f}" if defined(value) else "n/a" + "".join(marks[g] for g in why)
+    def cell(value: float, why: list[str], kind: str) -> str:
+        shown = f"{100 * value:.2f}" if kind in PERCENT else f"{value:.4f}"
+        text = shown if defined(value) else "n/a" + "".join(marks[g] for g in why)
         return f"{text:>{width + 2}}"
 
     head = f"{'group':<28}" + "".join(f"{n:>{width + 2}}" for n in names)
@@ -76,16 +87,18 @@ def table(scores: dict[str, dict[str, float]], groups: list[str]) -> str:
     for kind, label in KINDS.items():
         kind_groups = of_kind(groups, kind)
         for g in kind_groups:
-            lines.append(f"{g:<28}" + "".join(cell(scores[n][g], [g]) for n in names))
+            lines.append(f"{g:<28}" + "".join(cell(scores[n][g], [g], kind) for n in names))
         if kind_groups:
             mean_cells = []
             for n in names:
                 why = [g for g in kind_groups if not defined(scores[n][g])]
-                mean_cells.append(cell(sum(scores[n][g] for g in kind_groups) / len(kind_groups), why))
+                mean_cells.append(cell(sum(scores[n][g] for g in kind_groups) / len(kind_groups), why, kind))
             lines.append(f"{'mean ' + label:<28}" + "".join(mean_cells))
             lines.append("")
     for g, mark in marks.items():
         lines.append(f"{mark} {g}: {UNDEFINED[judgments.kind_of(g)]} (n/a), and so is a mean over it")
+    if of_kind(groups, "mos"):
+        lines.append(MOS_NOTE)
     return "\n".join(lines).rstrip()
 
 
@@ -165,6 +178,15 @@ def _number(value: float) -> float | None:
     return float(value) if defined(value) else None
 
 
+def _json_ready(value):
+    """A details entry with every undefined number as null."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return _number(value) if isinstance(value, float) else value
+
+
 def _results_json(result: dict, tmp: Path) -> None:
     scores, groups = result["scores"], result["groups"]
     avg = means(scores, groups)
@@ -174,6 +196,8 @@ def _results_json(result: dict, tmp: Path) -> None:
         "means": {n: {k: _number(v) for k, v in m.items()} for n, m in avg.items()},
         "notes": {"scores": notes(scores, groups), "means": _mean_notes(scores, groups, avg)},  # why a value is null
     }
+    if "details" in result:  # kind, n, measure, value; MOS correlations; ci95 when bootstrapped
+        document["details"] = {n: {g: _json_ready(d) for g, d in per.items()} for n, per in result["details"].items()}
     tmp.write_text(json.dumps(document, indent=2, allow_nan=False))
 
 
@@ -196,7 +220,7 @@ def _results_csv(result: dict, tmp: Path) -> None:
         w = csv.writer(fh)
         w.writerow(["group", "measure", *scores, *(["note"] if why else [])])
         for g in result["groups"]:
-            measure = "2afc" if judgments.kind_of(g) == "2afc" else "jnd_map"
+            measure = SCORE_NAMES[judgments.kind_of(g)]
             cells = ["" if not defined(scores[n][g]) else scores[n][g] for n in scores]
             note = "; ".join(sorted({why[n][g] for n in why if g in why[n]}))
             w.writerow([g, measure, *cells, *([note] if why else [])])

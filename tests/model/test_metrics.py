@@ -104,5 +104,5 @@ def test_one_subset_scorer_for_validation_and_evaluate(seed):
     # all at once, the scorer is exactly the plain functions evaluate used
     assert score_subset("2afc", (d0, d1), judge) == float(two_afc(d0, d1, judge).mean())
     assert score_subset("jnd", (d,), same) == float(jnd_average_precision(d, same))
-    with pytest.raises(ConfigError, match="unknown subset kind 'mos'; choose one of: 2afc, jnd"):
-        subset_metric("mos")
+    with pytest.raises(ConfigError, match="unknown subset kind 'mse'; choose one of: 2afc, jnd, mos"):
+        subset_metric("mse")

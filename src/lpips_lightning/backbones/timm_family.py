@@ -97,9 +97,11 @@ def build(spec: dict, pretrained: bool, weights: str | os.PathLike | None) -> Bu
     return Built(Intermediates(network, taps), {"name": label, "taps": taps, "args": args}, mean=mean, std=std)
 
 
-def _create(timm, model_name: str, label: str, args: dict, load_pretrained: bool) -> tuple[nn.Module, dict]:
-    """The model and the arguments it was built with (the first of `SIZE_ARGUMENTS` it takes added)."""
-    tries = [t for t in SIZE_ARGUMENTS if not set(t) & set(args)] or [{}]
+def _create(
+    timm, model_name: str, label: str, args: dict, load_pretrained: bool, sizes: tuple = SIZE_ARGUMENTS
+) -> tuple[nn.Module, dict]:
+    """The model and the arguments it was built with (the first of `sizes` it takes added)."""
+    tries = [t for t in sizes if not set(t) & set(args)] or [{}]
     for extra in tries:
         try:
             with warnings.catch_warnings(), _quiet_loggers("huggingface_hub", "timm"):
@@ -119,6 +121,57 @@ def _create(timm, model_name: str, label: str, args: dict, load_pretrained: bool
             ) from None
         return network, {**extra, **args}
     raise AssertionError("unreachable: the last try takes no extra arguments")
+
+
+class Embedding(nn.Module):
+    """A whole timm model's global embedding (N, D): ``cls``, ``pool`` or ``cls_pool`` (both, concatenated).
+
+    ``cls``: the class token after the final norm (``forward_features(x)[:, 0]``); ``pool``: the
+    model's own pooled pre-logits features (``forward_head(..., pre_logits=True)``).
+    """
+
+    def __init__(self, model: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.model = model
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.forward_features(x)
+        if self.kind == "cls":
+            return tokens[:, 0]
+        pooled = self.model.forward_head(tokens, pre_logits=True)
+        return pooled if self.kind == "pool" else torch.cat([tokens[:, 0], pooled], dim=1)
+
+
+def embedder(spec: dict, pretrained: bool, weights: str | os.PathLike | None, kind: str) -> Built:
+    """The whole timm model of `spec` as an `Embedding` of `kind`; ``extra["size"]``: its input (height, width)."""
+    timm = _require_timm()
+    label = spec["name"]
+    model_name = label.split(":", 1)[1]
+    if not timm.is_model(model_name.split(".", 1)[0]):
+        raise unknown_model("timm", model_name, timm.list_models())
+    # at its own input size (images are resized to it): no dynamic size arguments
+    network, args = _create(timm, model_name, label, dict(spec["args"]), pretrained and weights is None, ({},))
+    network.eval()
+    if kind != "pool" and (getattr(network, "cls_token", None) is None or not getattr(network, "num_prefix_tokens", 0)):
+        raise ConfigError(
+            f"features {kind}: backbone {label} has no class token (a CNN, or a ViT without one); use features: pool"
+        )
+    if weights is not None:
+        load_used(network, list(network.state_dict()), load_state_dict_file(weights), str(weights))
+    network.reset_classifier(0)
+    cfg = getattr(network, "pretrained_cfg", None) or {}
+    mean, std = tuple(cfg.get("mean") or IMAGENET_MEAN), tuple(cfg.get("std") or IMAGENET_STD)
+    size = (
+        getattr(getattr(network, "patch_embed", None), "img_size", None)
+        or tuple(cfg.get("input_size", (3, 224, 224)))[-2:]
+    )
+    cls_dim = int(getattr(network, "embed_dim", network.num_features))
+    pool_dim = int(getattr(network, "head_hidden_size", network.num_features))
+    dim = {"cls": cls_dim, "pool": pool_dim}.get(kind, cls_dim + pool_dim)
+    resolved = {"name": label, "taps": None, "args": args}
+    return Built(Embedding(network, kind), resolved, mean=mean, std=std, channels=(dim,), min_size=1,
+                 extra={"size": tuple(int(v) for v in size)})  # fmt: skip
 
 
 def _unavailable(timm, model_name: str, label: str, err: BaseException) -> WeightsError:

@@ -56,6 +56,47 @@ def build(spec: dict, pretrained: bool, weights: str | os.PathLike | None) -> Bu
     return Built(body, {"name": label, "taps": taps, "args": args}, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
+def embedder(spec: dict, pretrained: bool, weights: str | os.PathLike | None, kind: str) -> Built:
+    """The whole torchvision model of `spec`, its last linear layer removed: the penultimate pooled features (N, D).
+
+    Mean, std and input size (``extra["size"]``) from its weights' meta (torchvision's transforms).
+    """
+    label = spec["name"]
+    if kind != "pool":
+        raise ConfigError(
+            f"features {kind}: torchvision backbone {label} gives its pooled features only; use features: pool "
+            "(the class token of ViTs: a timm: backbone)"
+        )
+    model_name = label.split(":", 1)[1]
+    known = torchvision.models.list_models(module=torchvision.models)
+    if model_name not in known:
+        raise unknown_model("torchvision", model_name, known)
+    args = dict(spec["args"])
+    chosen = args.pop("weights", None)
+    network = _construct(label, lambda: torchvision.models.get_model(model_name, weights=None, **args), args)
+    network.eval()
+    enum = _weights_enum(model_name, chosen, label)
+    if weights is not None:
+        load_used(network, list(network.state_dict()), load_state_dict_file(weights), str(weights))
+    elif pretrained:
+        state = torchvision_state_dict(enum, f"ImageNet weights for backbone {label}")
+        load_used(network, list(network.state_dict()), state, str(torchvision_cache_file(enum)))
+    linears = [name for name, m in network.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"backbone {label} has no final linear layer whose input would be its pooled features")
+    parent, _, child = linears[-1].rpartition(".")
+    owner = network.get_submodule(parent) if parent else network
+    dim = getattr(owner, child).in_features
+    setattr(owner, child, nn.Identity())
+    preset = enum.transforms()
+    size = int(preset.crop_size[0])
+    if chosen is not None:
+        args = {"weights": chosen, **args}
+    resolved = {"name": label, "taps": None, "args": args}
+    return Built(network, resolved, mean=tuple(preset.mean), std=tuple(preset.std), channels=(dim,), min_size=1,
+                 extra={"size": (size, size)})  # fmt: skip
+
+
 def _construct(label: str, make: Callable[[], nn.Module], args: dict) -> nn.Module:
     """Call a constructor, turning a bad keyword argument into one line naming the backbone."""
     try:

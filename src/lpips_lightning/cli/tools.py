@@ -192,6 +192,8 @@ def evaluate_command(
     quiet: bool = False,
     trust_code: bool = False,
     reference: str | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> int:
     """Score any metric on a judgments file: the paper's table, per subset, exact over all items.
 
@@ -206,12 +208,16 @@ def evaluate_command(
         quiet: no progress bar
         trust_code: build custom backbones that model files name (runs their code)
         reference: paper: also print the paper's Table 5 (2AFC per BAPPS subset, in percent) beside these scores
+        bootstrap: resamples of each group's items for a 95 % interval of every score (in results.json; 0: none)
+        seed: the bootstrap's random seed (the same seed gives the same intervals)
     """
     from ..evaluate import evaluate, pick_device, resolve_model
     from ..report import OUTPUT_FILES, table, write_outputs
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be a number of resamples >= 0, got {bootstrap}")
     if reference is not None:
         check_choice("--reference", reference, ["paper"])
     folder = Path(out) if out else None
@@ -223,7 +229,7 @@ def evaluate_command(
             _make_out(folder)
         pick_device(device)  # before any model is loaded
         scored = {_label(spec, models): resolve_model(spec, trust_code) for spec in models}
-        result = evaluate(scored, data, groups, batch_size, device, progress=not quiet)
+        result = evaluate(scored, data, groups, batch_size, device, progress=not quiet, bootstrap=bootstrap, seed=seed)
         print(table(result["scores"], result["groups"]))
         if reference == "paper":
             try:

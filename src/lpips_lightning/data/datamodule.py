@@ -21,7 +21,7 @@ from . import group_checks, judgments
 from .dataset import EpochShuffleSampler, JudgmentsDataset, UnpaddedDistributedSampler, keep_batch
 from .demo import demo_path, ensure_demo
 
-DEFAULT_VAL = ("2afc/val/*", "jnd/val/*")
+DEFAULT_VAL = ("2afc/val/*", "jnd/val/*", "mos/val/*")
 
 
 def _available_memory() -> int:
@@ -42,7 +42,7 @@ class JudgmentsDataModule(pl.LightningDataModule):
     Args:
         path: the judgments file, or ``demo`` for the bundled demo set (built on first use).
         train: groups (or globs, ``2afc/train/*``) to train on; 2AFC only.
-        val: groups to validate on, one loader each; 2AFC and JND.
+        val: groups to validate on, one loader each; 2AFC, JND and MOS (SRCC).
         test: groups to test on, one loader each.
         batch_size: items per minibatch, one optimizer step each (the paper's recipe: 50).
         num_workers: loader processes (0: load in the main process).
@@ -116,10 +116,13 @@ class JudgmentsDataModule(pl.LightningDataModule):
             self.val_groups = group_checks.resolve(f, patterns)
             self.test_groups = group_checks.resolve(f, self.test_patterns)
             chosen = dict.fromkeys(self.train_groups + self.val_groups + self.test_groups)
-            self._image_sizes = {g: tuple(f[g]["p0"].shape[-2:]) for g in chosen}
-        jnd_train = [g for g in self.train_groups if judgments.kind_of(g) != "2afc"]
-        if jnd_train:
-            raise ConfigError(f"{self.file}: training needs 2AFC groups; {', '.join(jnd_train)} is JND")
+            self._image_sizes = {
+                g: tuple(f[g][judgments.image_keys(judgments.kind_of(g))[0]].shape[-2:]) for g in chosen
+            }
+        other = [g for g in self.train_groups if judgments.kind_of(g) != "2afc"]
+        if other:
+            kinds = ", ".join(f"{g} is {judgments.kind_of(g).upper()}" for g in other)
+            raise ConfigError(f"{self.file}: training needs 2AFC groups; {kinds}")
 
     def prepare_data(self) -> None:
         if self.path is None:

@@ -24,6 +24,11 @@ from ..weights import load_torch_file
 
 def check(hp: dict, info: dict, out: Path) -> None:
     """Refuse, before the model is built, a checkpoint whose metric this format cannot describe."""
+    if hp.get("distance", "lpips") == "embedding":
+        raise ConfigError(
+            f"{out}: the lpips package's .pth format describes LPIPS metrics only, not an embedding metric "
+            "(distance: embedding); export it as .safetensors, .pt (TorchScript) or .onnx"
+        )
     spec = info.get("backbone") or hp["backbone"]
     name = (spec.get("name") or spec.get("class_path")) if isinstance(spec, dict) else spec
     if name not in BACKBONES:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..backbones.classic import BACKBONES
 from ..errors import ExportError
+from ..model.embedding import EmbeddingDistance
 from ..model.lpips import LPIPS
 
 METRIC_FORMAT = "lpips-lightning/metric"
@@ -24,9 +25,15 @@ INPUTS = (
 )
 
 
-def metadata(model: LPIPS, hp: dict, info: dict, ckpt: str | os.PathLike) -> dict[str, str]:
-    """The metadata of `model`, the metric of checkpoint `ckpt` (its hyperparameters `hp` and `info`)."""
+def metadata(model: LPIPS | EmbeddingDistance, hp: dict, info: dict, ckpt: str | os.PathLike) -> dict[str, str]:
+    """The metadata of `model`, the metric of checkpoint `ckpt` (its hyperparameters `hp` and `info`).
+
+    An embedding metric adds ``distance: embedding`` (its ``backbone_spec`` rebuilds it, see
+    `EmbeddingDistance.from_spec`); an LPIPS metric's metadata has no ``distance`` key.
+    """
+    extra = {"distance": "embedding"} if isinstance(model, EmbeddingDistance) else {}
     return {
+        **extra,
         "format": METRIC_FORMAT,
         "format_version": METRIC_FORMAT_VERSION,
         "backbone": model.backbone_name,
@@ -53,6 +60,7 @@ class MetricFacts:
     spec: dict
     min_size: int
     fixed_size: tuple[int, int] | None = None  # (height, width) of an export that computes right at that size only
+    distance: str = "lpips"  # or "embedding" (`model.embedding.EmbeddingDistance`)
 
 
 def facts_of(meta: dict[str, str], source: str) -> MetricFacts:
@@ -79,4 +87,7 @@ def facts_of(meta: dict[str, str], source: str) -> MetricFacts:
         raise damaged from None
     if not isinstance(spec, dict) or (fixed_size is not None and len(fixed_size) != 2):
         raise damaged
-    return MetricFacts(backbone, version, spec, min_size, fixed_size)
+    distance = meta.get("distance", "lpips")
+    if distance not in ("lpips", "embedding"):
+        raise ExportError(f"{source}: metadata names distance {distance!r}, not lpips or embedding")
+    return MetricFacts(backbone, version, spec, min_size, fixed_size, distance)

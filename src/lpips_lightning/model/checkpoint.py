@@ -12,6 +12,7 @@ import os
 from ..backbones.custom import require_trusted
 from ..errors import ExportError, WeightsError
 from ..weights import load_torch_file, strict_load
+from .embedding import EmbeddingDistance
 from .lpips import LPIPS
 
 CHECKPOINT_BACKBONE_KEY = "lpips_backbone"  # the resolved backbone spec, beside the hyperparameters
@@ -70,9 +71,17 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
     return checkpoint_parts(ckpt, path)
 
 
-def model_from_parts(hp: dict, weights: dict, info: dict, source: str, trust_code: bool = False) -> LPIPS:
+def model_from_parts(
+    hp: dict, weights: dict, info: dict, source: str, trust_code: bool = False
+) -> LPIPS | EmbeddingDistance:
     """The trained metric of a checkpoint's parts, in eval mode (its LoRA adapters merged)."""
     resolved = info.get("backbone")
+    if hp.get("distance", "lpips") == "embedding":
+        model = embedding_of(hp, resolved)
+        strict_load(model, weights, source)
+        if model.net.lora_rank:
+            model.net.merge_lora()
+        return model.eval()
     require_trusted(resolved or hp["backbone"], trust_code, source)
     model = LPIPS(
         resolved or hp["backbone"],
@@ -89,7 +98,20 @@ def model_from_parts(hp: dict, weights: dict, info: dict, source: str, trust_cod
     return model.eval()
 
 
-def model_from_checkpoint(path: str | os.PathLike, trust_code: bool = False) -> tuple[LPIPS, dict, dict]:
+def embedding_of(hp: dict, resolved: dict | None) -> EmbeddingDistance:
+    """An embedding metric with random weights as a run built it: from its resolved spec, else its options."""
+    lora_rank = int(hp.get("lora_rank") or 0)
+    if resolved is not None:
+        return EmbeddingDistance.from_spec(resolved, lora_rank)
+    return EmbeddingDistance(
+        hp["backbone"], hp.get("features") or "cls", pretrained=False, head=hp.get("head"), lora_rank=lora_rank,
+        backbone_args=hp.get("backbone_args"),
+    )  # fmt: skip
+
+
+def model_from_checkpoint(
+    path: str | os.PathLike, trust_code: bool = False
+) -> tuple[LPIPS | EmbeddingDistance, dict, dict]:
     """(the trained metric in eval mode, hyperparameters, extra info) of a checkpoint file.
 
     A checkpoint whose backbone is custom code is refused unless `trust_code` is true.

@@ -1,9 +1,11 @@
-"""How a metric is scored against people: 2AFC agreement and JND mean average precision.
+"""How a metric is scored against people: 2AFC agreement, JND mean average precision, SRCC against MOS.
 
 Plain functions (`two_afc`, `jnd_average_precision`), torchmetrics `Metric`s on top of them
 (exact under DDP), and the one per-subset scorer that validation and ``evaluate`` share: a
 subset of kind ``2afc`` is scored from (d0, d1) and the judgments, one of kind ``jnd`` from (d,)
-and the "same" fractions (`subset_metric` accumulates batches, `score_subset` scores them all).
+and the "same" fractions, one of kind ``mos`` from (d,) and the opinion scores (Spearman's rank
+correlation, signed as `correlations` says) (`subset_metric` accumulates batches, `score_subset`
+scores them all).
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from ..errors import check_choice
+from .correlations import srcc
 
-KINDS = ("2afc", "jnd")
-SCORE_NAMES = {"2afc": "2afc", "jnd": "jnd_map"}  # how a subset's score is named in logs: <stage>/<name>/<subset>
+KINDS = ("2afc", "jnd", "mos")
+SCORE_NAMES = {
+    "2afc": "2afc",
+    "jnd": "jnd_map",
+    "mos": "srcc",
+}  # how a subset's score is named in logs: <stage>/<name>/<subset>
 
 
 def two_afc(d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> torch.Tensor:
@@ -124,17 +131,56 @@ class JNDAveragePrecision(Metric):
         return jnd_average_precision(dim_zero_cat(self.distances), dim_zero_cat(self.same))
 
 
-def subset_metric(kind: str) -> TwoAFCScore | JNDAveragePrecision:
-    """The metric of one subset of `kind` (``2afc`` or ``jnd``): ``update(*distances, target)``, then ``compute()``.
+class MOSRankCorrelation(Metric):
+    """Spearman's rank correlation of distances with opinion scores, signed so that a good metric scores positive.
+
+    `higher_is_better`: the scores are MOS (True: a distance is negated) or DMOS (False).
+
+    Example:
+        >>> import torch
+        >>> m = MOSRankCorrelation()
+        >>> m.update(torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([4.0, 3.5, 1.0, 2.0]))
+        >>> round(m.compute().item(), 4)
+        0.8
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, higher_is_better: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scores_higher_is_better = higher_is_better
+        self.add_state("distances", [], dist_reduce_fx="cat")
+        self.add_state("scores", [], dist_reduce_fx="cat")
+
+    def update(self, d: torch.Tensor, scores: torch.Tensor) -> None:
+        self.distances.append(d.detach().flatten().double())
+        self.scores.append(scores.detach().flatten().double())
+
+    def compute(self) -> torch.Tensor:
+        d, s = dim_zero_cat(self.distances).cpu().numpy(), dim_zero_cat(self.scores).cpu().numpy()
+        if not len(d) or (d != d).any():  # NaN distances rank nothing
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return torch.tensor(srcc(d, s, self.scores_higher_is_better), dtype=torch.float64)
+
+
+def subset_metric(kind: str, higher_is_better: bool = True) -> TwoAFCScore | JNDAveragePrecision | MOSRankCorrelation:
+    """The metric of one subset of `kind`: ``update(*distances, target)``, then ``compute()``.
 
     ``2afc``: distances (d0, d1), target the fraction of observers who preferred p1; ``jnd``:
-    distances (d,), target the fraction who answered "same".
+    distances (d,), target the fraction who answered "same"; ``mos``: distances (d,) of (ref,
+    dist), target the opinion scores, `higher_is_better` False for DMOS.
     """
     check_choice("subset kind", kind, KINDS)
+    if kind == "mos":
+        return MOSRankCorrelation(higher_is_better)
     return TwoAFCScore() if kind == "2afc" else JNDAveragePrecision()
 
 
-def score_subset(kind: str, distances: Sequence[torch.Tensor], target: torch.Tensor) -> float:
+def score_subset(
+    kind: str, distances: Sequence[torch.Tensor], target: torch.Tensor, higher_is_better: bool = True
+) -> float:
     """The score of one subset from all of its distances: `subset_metric` fed them in one update.
 
     Example:
@@ -144,6 +190,6 @@ def score_subset(kind: str, distances: Sequence[torch.Tensor], target: torch.Ten
         >>> score_subset("jnd", (torch.tensor([0.1, 0.2, 0.3, 0.4]),), torch.tensor([1.0, 0.0, 1.0, 0.0]))
         0.8333333333333333
     """
-    metric = subset_metric(kind)
+    metric = subset_metric(kind, higher_is_better)
     metric.update(*distances, target)
     return float(metric.compute())

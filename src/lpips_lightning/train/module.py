@@ -15,12 +15,13 @@ from torch import nn
 from ..backbones.fast import BackbonePass, FrozenCopy
 from ..data.dataset import epoch_seed
 from ..model.checkpoint import CHECKPOINT_BACKBONE_KEY
+from ..model.embedding import EmbeddingDistance
 from ..model.heads import make_head
 from ..model.lpips import LPIPS
 from ..weights import check_fits
 from .cadence import Cadence, attached_trainer, epoch_finished, manual_step_counts, set_hparam
 from .recipe import adam_and_schedule, check_batches, check_options
-from .scoring import SubsetScores
+from .scoring import SubsetScores, mos_directions
 from .steps import Steps, takes_capture
 from .tally import Tally
 
@@ -75,17 +76,24 @@ class LPIPSModule(LightningModule):
             ``data.steps_per_batch`` minibatches: 8, as ``fit`` sets it) as one CUDA graph and replay it:
             ``auto`` (default: on CUDA, one process, precision 32 or bf16), ``true`` or ``false``. Where
             it cannot apply (DDP, 16-mixed) the run says so in one line and takes the eager step.
+        distance: ``lpips`` (feature maps, linear heads) or ``embedding`` (DreamSim-style: 1 - cosine
+            similarity of global embeddings, `model.embedding.EmbeddingDistance`). With ``embedding``,
+            `backbone` may be a list (an ensemble of ``timm:``/``torchvision:`` models), `backbone_weights`
+            one file per backbone; ``lin`` trains the `head` over frozen backbones, ``tune`` with
+            `lora_rank` is DreamSim's LoRA mode.
+        features: ``embedding`` only: ``cls``, ``pool`` or ``cls_pool`` (default ``cls``), one or one per backbone.
+        head: ``embedding`` only: ``mlp`` (DreamSim's MLP head over the concatenated embedding) or none.
     """
 
     def __init__(
         self,
         variant: str = "lin",
-        backbone: str | dict = "alex",
+        backbone: str | dict | list[str | dict] = "alex",
         taps: list[str | int] | None = None,
         backbone_args: dict | None = None,
         version: str = "0.1",
         pretrained: bool | None = None,
-        backbone_weights: str | None = None,
+        backbone_weights: str | list[str] | None = None,
         lora_rank: int = 0,
         loss: str = "bce_rank",
         margin: float = 0.05,
@@ -98,6 +106,9 @@ class LPIPSModule(LightningModule):
         channels_last: bool = True,
         compile: bool | str = False,
         capture: bool | str = "auto",
+        distance: str = "lpips",
+        features: str | list[str] | None = None,
+        head: str | None = None,
     ) -> None:
         super().__init__()
         if pretrained is None:
@@ -108,10 +119,17 @@ class LPIPSModule(LightningModule):
         self.save_hyperparameters(ignore=["backbone"] if instance else None)
         check_options({**self.hparams, "pretrained": pretrained})
         self.variant = variant
-        self.lpips = LPIPS(
-            backbone, version, pretrained=pretrained, heads="random", dropout=dropout, tune_backbone=variant != "lin",
-            backbone_weights=backbone_weights, taps=taps, backbone_args=backbone_args, lora_rank=lora_rank,
-        ).train()  # fmt: skip
+        if distance == "embedding":
+            self.lpips = EmbeddingDistance(
+                backbone, features or "cls", pretrained=pretrained, backbone_weights=backbone_weights, head=head,
+                lora_rank=lora_rank, tune_backbone=variant != "lin", backbone_args=backbone_args,
+            ).train()  # fmt: skip
+        else:
+            self.lpips = LPIPS(
+                backbone, version, pretrained=pretrained, heads="random", dropout=dropout,
+                tune_backbone=variant != "lin", backbone_weights=backbone_weights, taps=taps,
+                backbone_args=backbone_args, lora_rank=lora_rank,
+            ).train()  # fmt: skip
         if instance:
             set_hparam(self, "backbone", self.lpips.backbone_spec)
         self.rank_head = make_head(loss, margin)
@@ -142,7 +160,7 @@ class LPIPSModule(LightningModule):
                 check_batches(self.feature_cache, datamodule, trainer)
         for name in ("val", "test"):
             groups = datamodule.groups(name) if datamodule is not None and hasattr(datamodule, "groups") else []
-            self.subsets.set_groups(name, groups)
+            self.subsets.set_groups(name, groups, mos_directions(datamodule, groups))
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load weights; a checkpoint whose keys or shapes do not fit is refused in one line naming them."""
@@ -273,7 +291,10 @@ class LPIPSModule(LightningModule):
             self.check_values(weights=True)  # validation may save a checkpoint: not after a NaN step
 
     def _eval_step(self, stage: str, batch: dict[str, torch.Tensor], dataloader_idx: int) -> None:
-        if "ref" in batch:
+        if "dist" in batch:  # a MOS group: d(ref, dist) against the opinion scores
+            ref, dist = self.features(batch["ref"], batch["dist"])
+            self.subsets.update(stage, dataloader_idx, (self.lpips.distance(ref, dist),), batch["mos"])
+        elif "ref" in batch:
             self.subsets.update(stage, dataloader_idx, self.triplet_distances(batch), batch["judge"])
         else:
             self.subsets.update(stage, dataloader_idx, (self.pair_distance(batch),), batch["same"])

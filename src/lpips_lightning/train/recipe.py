@@ -15,6 +15,7 @@ from .cadence import counts_batches
 VARIANTS = ("lin", "tune", "scratch")
 CAPTURE = (True, False, "auto")
 COMPILE = (True, False, "default", "reduce-overhead", "max-autotune")
+DISTANCES = ("lpips", "embedding")
 
 
 def lr_factor(epoch: int, epochs_constant: int, epochs_decay: int) -> float:
@@ -71,6 +72,35 @@ def check_options(options: dict) -> None:
         raise ConfigError("taps is empty: name at least one tap, or leave taps out for the family's default")
     if lora_rank and variant != "tune":
         raise ConfigError(f"lora_rank adapts a backbone that is tuned: variant 'tune', not {variant!r}")
+    check_distance(options)
+
+
+def check_distance(options: dict) -> None:
+    """Refuse, in one line each, options that do not fit the `distance` (``lpips`` or ``embedding``)."""
+    distance, variant, head = options.get("distance", "lpips"), options["variant"], options.get("head")
+    check_choice("distance", distance, DISTANCES)
+    if distance == "lpips":
+        for name in ("features", "head"):
+            if options.get(name) is not None:
+                raise ConfigError(f"{name} applies to distance: embedding (global embeddings); drop it for lpips")
+        for name in ("backbone", "backbone_weights"):
+            if isinstance(options.get(name), (list, tuple)):
+                raise ConfigError(f"{name}: a list (an ensemble) needs distance: embedding; lpips takes one backbone")
+        return
+    if options["feature_cache"]:
+        raise ConfigError("feature_cache caches LPIPS's channel means: distance: embedding trains without it")
+    if options["taps"] is not None:
+        raise ConfigError("taps apply to distance: lpips; an embedding metric reads the whole model (features)")
+    if variant == "lin" and head is None:
+        raise ConfigError(
+            "variant 'lin' with distance: embedding trains a head over frozen backbones: set head: mlp "
+            "(or variant: tune with lora_rank)"
+        )
+    if variant == "tune" and head is not None and not options["lora_rank"]:
+        raise ConfigError(
+            f"head: {head} with variant 'tune' and no lora_rank: tune the backbones with lora_rank "
+            "(DreamSim's LoRA mode) or train the head over frozen ones with variant: lin"
+        )
 
 
 def check_batches(feature_cache: bool, datamodule, trainer) -> None:

@@ -1,8 +1,8 @@
 """Validation and test scores per subset: one metric per judgments group, named for logging.
 
 Each group is scored by its kind's metric (`model.metrics.subset_metric`: 2AFC score, JND mAP,
-exact under DDP); each is logged as ``<stage>/2afc/<name>`` or ``<stage>/jnd_map/<name>``, with the
-mean of each kind.
+SRCC against MOS, exact under DDP); each is logged as ``<stage>/2afc/<name>``,
+``<stage>/jnd_map/<name>`` or ``<stage>/srcc/<name>``, with the mean of each kind.
 """
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ def subset_names(groups: list[str]) -> list[str]:
     return [n if pairs.count((k, n)) == 1 else "_".join(g.split("/")[1:]) for g, k, n in zip(groups, kinds, last)]
 
 
+def mos_directions(datamodule, groups: list[str]) -> dict[str, bool]:
+    """Each MOS group's `higher_is_better` (False for DMOS), read from the data module's file; {} without MOS groups."""
+    mos = [g for g in groups if judgments.kind_of(g) == "mos"]
+    if not mos:
+        return {}
+    with judgments.open_file(datamodule.file) as f:
+        return {g: judgments.higher_is_better(f, g) for g in mos}
+
+
 class SubsetScores(nn.Module):
     """The metrics of each stage's groups (``val``, ``test``), in loader order."""
 
@@ -30,12 +39,14 @@ class SubsetScores(nn.Module):
         self.metrics = nn.ModuleDict({"val": nn.ModuleList(), "test": nn.ModuleList()})
         self.groups: dict[str, list[str]] = {"val": [], "test": []}
 
-    def set_groups(self, stage: str, groups: list[str]) -> None:
+    def set_groups(self, stage: str, groups: list[str], higher_is_better: dict[str, bool] | None = None) -> None:
+        """The stage's groups; `higher_is_better`: MOS groups' direction (False for DMOS; default True)."""
+        better = higher_is_better or {}
         self.groups[stage] = list(groups)
-        self.metrics[stage] = nn.ModuleList(subset_metric(judgments.kind_of(g)) for g in groups)
+        self.metrics[stage] = nn.ModuleList(subset_metric(judgments.kind_of(g), better.get(g, True)) for g in groups)
 
     def update(self, stage: str, index: int, distances: tuple[torch.Tensor, ...], target: torch.Tensor) -> None:
-        """Add one batch of group `index`: (d0, d1) and judgments (2AFC), or (d,) and "same" fractions (JND)."""
+        """Add one batch of group `index`: (d0, d1) and judgments (2AFC); (d,) and "same" fractions (JND) or scores."""
         self.metrics[stage][index].update(*distances, target)
 
     def compute(self, stage: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

@@ -33,6 +33,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from ..data.dataset import JudgmentsDataset
+from ..model.embedding import EmbeddingDistance
 from ..model.lpips import LPIPS, dropout_half, head_distances, pair_means
 from .graphs import Graphs, Values
 
@@ -106,6 +107,7 @@ class Steps:
         forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     ) -> None:
         self.lpips, self.rank_head, self.taps = lpips, rank_head, taps
+        self.embedding = isinstance(lpips, EmbeddingDistance)  # its distance is 1 - cos, its head is not clamped
         self.optimizer, self.backward, self.gather = optimizer, backward, images
         self.per_call, self.size = per_call, size
         self.capture = capture
@@ -135,6 +137,9 @@ class Steps:
 
     def loss(self, ref, p0, p1, judge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The training loss of a batch of triplets and its two distances."""
+        if self.embedding:
+            d0, d1 = self.lpips.triplet_distances(self.taps(torch.cat([ref, p0, p1])), ref.shape[0])
+            return self.rank_head(d0, d1, judge), d0, d1
         d0, d1 = head_distances(self.vectors(ref, p0, p1, self.lpips.dropout and self.lpips.training), self.lpips.heads)
         return self.rank_head(d0, d1, judge), d0, d1
 
@@ -186,8 +191,9 @@ class Steps:
         else:
             loss.backward()
             self.optimizer.optimizer.step()
-        with torch.no_grad():  # the heads stay non-negative, as the paper keeps them
-            torch._foreach_clamp_min_([h.weight for h in self.lpips.heads], 0.0)
+        if not self.embedding:  # the heads stay non-negative, as the paper keeps them
+            with torch.no_grad():
+                torch._foreach_clamp_min_([h.weight for h in self.lpips.heads], 0.0)
         return loss.detach().view(1), d0.detach(), d1.detach(), values["judge"]
 
     def chunk(self, loss_of: Callable, values: Values, size: int, lightning: bool = True) -> tuple:
