@@ -35,25 +35,27 @@ def pack_command(
     group: str | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    lower_is_better: bool = False,
 ) -> int:
     """Pack BAPPS (folders or the downloaded archives) or a CSV of judgments into one judgments file (HDF5).
 
     Args:
         source: a BAPPS root (holding 2afc/ and/or jnd/), a folder of the downloaded BAPPS archives
             (twoafc_train.tar.gz, twoafc_val.tar.gz, jnd.tar.gz: read as they are, nothing unpacked), one such
-            .tar.gz, or a CSV of judgments
+            .tar.gz, a CSV of judgments, or a MOS CSV (ref_name,dist_name,mos[,std][,split])
         out: the judgments file to write, e.g. bapps.h5
         size: resize images to SIZE x SIZE (default 64, PIL bilinear)
         workers: decoding processes (default: all cores)
-        group: group of a CSV source (default 2afc/train/<csv stem>)
+        group: group of a CSV source (default 2afc/train/<csv stem>; a MOS CSV: mos/test/<csv stem>)
         overwrite: replace OUT if it exists
         quiet: no progress bar
+        lower_is_better: a MOS CSV of DMOS scores (a higher score means worse quality: LIVE, CSIQ)
     """
     from ..data import judgments
     from ..pack.pack import pack
 
     # Interrupted (SIGINT, SIGTERM) goes up to cli.main: "interrupted", exit status err.status
-    written = pack(source, out, size, workers, group, overwrite, progress=not quiet)
+    written = pack(source, out, size, workers, group, overwrite, progress=not quiet, lower_is_better=lower_is_better)
     with judgments.open_file(written) as f:
         for name in judgments.groups(f):
             print(f"{name}: {f[name][judgments.TARGET[judgments.kind_of(name)]].shape[0]} items")

@@ -43,7 +43,7 @@ def _unclosed_quote(text: str) -> int | None:
     return None
 
 
-def _csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header (names stripped, lower case) and the non-blank rows with their line numbers."""
     data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -80,7 +80,7 @@ def _csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return header, records
 
 
-def _image_path(rel: str, csv_path: Path, where: str, col: str) -> str:
+def image_path(rel: str, csv_path: Path, where: str, col: str) -> str:
     """The path of one image named in a CSV row, checked to be a regular file."""
     if not rel:
         raise PackError(f"{where}: empty {col} path")
@@ -108,7 +108,7 @@ def _image_path(rel: str, csv_path: Path, where: str, col: str) -> str:
     return str(p)
 
 
-def _csv_float(text: str) -> float:
+def csv_float(text: str) -> float:
     """A CSV number as Python's float reads it, without its digit separators ("0_5" is not 0.5)."""
     if "_" in text:
         raise ValueError(text)
@@ -122,13 +122,15 @@ def _csv_int(text: str) -> int:
     return int(text)
 
 
-def plan_csv(path: Path, group: str | None = None) -> list[GroupPlan]:
+def plan_csv(path: Path, group: str | None = None, parsed: tuple | None = None) -> list[GroupPlan]:
     """One group from a CSV: ``ref,p0,p1,judge`` (2AFC) or ``p0,p1,same`` (JND); paths relative to the CSV.
+
+    `parsed`: the CSV as `read_csv` returned it (a MOS CSV goes to `mos_csv` instead).
 
     UTF-8 with or without a byte-order mark (Excel's export); names and values are stripped of
     surrounding spaces; blank lines are skipped.
     """
-    header, records = _csv_records(path)
+    header, records = parsed or read_csv(path)
     columns = set(header)
     if {"ref", "p0", "p1"} <= columns:
         kind, image_cols = "2afc", ("ref", "p0", "p1")
@@ -164,7 +166,7 @@ def plan_csv(path: Path, group: str | None = None) -> list[GroupPlan]:
                 f"{where}: {len(fields)} fields, the header has {width} (a comma inside a path? quote the field)"
             )
         row = dict(zip(header, fields))
-        images = tuple(_image_path(row[col], path, where, col) for col in image_cols)
+        images = tuple(image_path(row[col], path, where, col) for col in image_cols)
         try:
             if counted:
                 v0, v1 = _csv_int(row["votes_p0"]), _csv_int(row["votes_p1"])
@@ -172,7 +174,7 @@ def plan_csv(path: Path, group: str | None = None) -> list[GroupPlan]:
                     raise ValueError
                 value, votes = v1 / (v0 + v1), v0 + v1
                 given = {c: row[c] for c in (target, "votes") if c in columns}  # also present: must agree
-                if target in given and not abs(_csv_float(given[target]) - value) <= 1e-6:  # NaN included
+                if target in given and not abs(csv_float(given[target]) - value) <= 1e-6:  # NaN included
                     raise PackError(
                         f"{where}: {target} {given[target]} contradicts votes_p0,votes_p1 {v0},{v1} "
                         f"(= {value:.6g}); give one or the other"
@@ -183,7 +185,7 @@ def plan_csv(path: Path, group: str | None = None) -> list[GroupPlan]:
                         f"(= {votes}); give one or the other"
                     )
             else:
-                value = _csv_float(row[target])
+                value = csv_float(row[target])
                 votes = _csv_int(row["votes"]) if has_votes else None
                 if votes is not None and votes < 1:
                     raise ValueError

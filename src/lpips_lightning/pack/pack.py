@@ -59,6 +59,7 @@ def pack(
     group: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    lower_is_better: bool = False,
 ) -> Path:
     """Pack SOURCE into the judgments file OUT; return OUT. See the module docstring.
 
@@ -75,7 +76,7 @@ def pack(
         out = outputs.check_output(out, overwrite, inputs=[source, *named], what=WHAT)
     with Signals() as signals:
         signals.raise_now = True  # planning holds nothing to clean up
-        plans = plan_source(source, group, progress)
+        plans = plan_source(source, group, progress, lower_is_better)
         signals.raise_now = False
         signals.check()
         if not named:  # `pack j.csv j.csv --overwrite`, or an output that is one of the images or .npy files
@@ -134,8 +135,9 @@ def _write_group(writer, plan: GroupPlan, decoder: Decoder, size, block, chunk, 
     n = plan.n
     kind = judgments.kind_of(plan.group)
     g = writer.create_group(
-        plan.group, n, (size, size), plan.source, votes=plan.votes is not None, names=plan.names is not None
-    )
+        plan.group, n, (size, size), plan.source, votes=plan.votes is not None, names=plan.names is not None,
+        std=plan.std is not None, higher_is_better=plan.higher_is_better,
+    )  # fmt: skip
     tasks = [FileTask(images, target, size) for images, target in zip(plan.images, plan.targets)]
     results = decoder.decoded(tasks, chunk, ahead)
     keys = judgments.image_keys(kind)
@@ -148,6 +150,8 @@ def _write_group(writer, plan: GroupPlan, decoder: Decoder, size, block, chunk, 
             arrays["votes"] = np.array(plan.votes[start : start + len(items)], np.uint16)
         if plan.names is not None:
             arrays["names"] = np.array(plan.names[start : start + len(items)], dtype=object)
+        if plan.std is not None:
+            arrays["std"] = np.array(plan.std[start : start + len(items)], np.float32)
         check()
         writer.fill(g, start, arrays)
         bar.update(len(items))

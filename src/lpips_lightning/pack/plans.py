@@ -28,6 +28,8 @@ class GroupPlan:
     votes: list[int] | None = None
     names: list[str] | None = None
     archive: Archive | None = None
+    std: list[float] | None = None  # MOS groups: the scores' standard deviations
+    higher_is_better: bool = True  # MOS groups: False for DMOS
 
     @property
     def n(self) -> int:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..data import judgments
 from ..errors import PackError
 from .archive_index import plan_archives
 from .archives import ARCHIVE_SUFFIXES
 from .bapps import FOLDERS, bapps_archives, check_subset, extensions, paired_stems
-from .csv_source import plan_csv
+from .csv_source import plan_csv, read_csv
+from .mos_csv import is_mos_csv, plan_mos_csv
 from .plans import GroupPlan
 
 
@@ -75,9 +77,24 @@ def _no_group(source: Path, group: str | None) -> None:
         raise PackError(f"{source}: --group applies to a CSV source; BAPPS subsets keep their own names")
 
 
-def plan_source(source: str | os.PathLike, group: str | None = None, progress: bool = False) -> list[GroupPlan]:
-    """What `pack` would write for SOURCE (see the module docstring); `progress`: a bar of archive bytes read."""
+def plan_source(
+    source: str | os.PathLike, group: str | None = None, progress: bool = False, lower_is_better: bool = False
+) -> list[GroupPlan]:
+    """What `pack` would write for SOURCE (see the module docstring); `progress`: a bar of archive bytes read.
+
+    `lower_is_better`: the source is a MOS CSV of DMOS scores (refused for any other source).
+    """
     source = Path(source)
+    plans = _plans(source, group, progress)
+    if lower_is_better:
+        if any(judgments.kind_of(p.group) != "mos" for p in plans):
+            raise PackError(f"{source}: --lower-is-better applies to a MOS CSV (ref_name,dist_name,mos) only")
+        for p in plans:
+            p.higher_is_better = False
+    return plans
+
+
+def _plans(source: Path, group: str | None, progress: bool) -> list[GroupPlan]:
     try:
         if not source.exists():
             raise PackError(f"{source}: no such file or folder")
@@ -86,7 +103,10 @@ def plan_source(source: str | os.PathLike, group: str | None = None, progress: b
                 raise PackError(f"{source}: is a folder, not a CSV file")
             if not source.is_file():
                 raise PackError(f"{source}: not a regular file")
-            return plan_csv(source, group)
+            parsed = read_csv(source)
+            if is_mos_csv(parsed[0]):
+                return plan_mos_csv(source, *parsed, group)
+            return plan_csv(source, group, parsed)
         if source.name.lower().endswith(ARCHIVE_SUFFIXES) and not source.is_dir():
             if not source.is_file():
                 raise PackError(f"{source}: not a regular file")
