@@ -70,3 +70,22 @@ def test_lower_is_better_belongs_to_mos_csvs(images, capfd):
     path.write_text("ref,p0,p1,judge\nr0.png,d0.png,d1.png,0.5\n")
     line = assert_refused(["pack", str(path), str(images / "o.h5"), "--quiet", "--lower-is-better"], capfd, images)
     assert "--lower-is-better applies to a MOS CSV" in line
+
+
+def test_the_readme_pieapp_conversion_packs_as_2afc(images):
+    """The README's one line turns PieAPP's `ref,A,B,prob A preferred` into ref,p0,p1,judge (judge = 1 - prob)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith('python -c "import csv,sys;') and "pieapp" in x)
+    (images / "pieapp.csv").write_text(
+        "ref,A,B,prob A preferred\nr0.png,d0.png,d1.png,0.8\nr0.png,d2.png,d3.png,0.25\n"
+    )
+    command = line.replace("python ", f"{sys.executable} ", 1)
+    subprocess.run(command, shell=True, cwd=images, check=True)
+    out = images / "p.h5"
+    assert main(["pack", str(images / "pieapp_2afc.csv"), str(out), "--group", "2afc/test/pieapp", "--quiet"]) == 0
+    with judgments.open_file(out) as f:
+        assert np.allclose(f["2afc/test/pieapp/judge"][:], [0.2, 0.75])
