@@ -23,13 +23,14 @@ OVERLAYS = {"ddp.yaml", "debug.yaml"}
 TOOLS = [name for name in COMMANDS if name not in TRAINING]
 BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
 
-PACK = {"size": 64, "workers": None, "group": None, "overwrite": False, "quiet": False}
+PACK = {"size": 64, "workers": None, "group": None, "overwrite": False, "quiet": False, "lower_is_better": False,
+        "min_votes": None}  # fmt: skip
 DOWNLOAD = {"parts": None, "base_url": BASE_URL, "force": False, "timeout": 30.0, "quiet": False}
 DEMO = {"seed": 0, "train": 4000, "val": 500, "jnd": 500, "overwrite": False}
 EXPORT = {"format": None, "overwrite": False, "size": None, "trust_code": False}
 EVALUATE = {
     "groups": None, "out": None, "overwrite": False, "batch_size": 64, "device": None, "quiet": False,
-    "trust_code": False, "reference": None,
+    "trust_code": False, "reference": None, "bootstrap": 0, "seed": 0,
 }  # fmt: skip
 DISTANCE = {
     "backbone": None, "version": None, "heads": None, "model": None, "backbone_weights": None, "resize": None,
@@ -41,8 +42,11 @@ PARSED = [
     ("pack", ["src", "o.h5"], {"source": "src", "out": "o.h5", **PACK}),
     (
         "pack",
-        ["src", "o.h5", "--size", "32", "--workers", "2", "--group", "2afc/train/x", "--overwrite", "--quiet"],
+        ["src", "o.h5", "--size", "32", "--workers", "2", "--group", "2afc/train/x", "--overwrite", "--quiet",
+         "--lower-is-better", "--min-votes", "3"],
         {
+            "lower_is_better": True,
+            "min_votes": 3,
             "source": "src",
             "out": "o.h5",
             "size": 32,
@@ -113,6 +117,10 @@ PARSED = [
             "--trust-code",
             "--reference",
             "paper",
+            "--bootstrap",
+            "100",
+            "--seed",
+            "7",
         ],
         {
             "models": ["m1", "m2"],
@@ -125,6 +133,8 @@ PARSED = [
             "quiet": True,
             "trust_code": True,
             "reference": "paper",
+            "bootstrap": 100,
+            "seed": 7,
         },
     ),  # fmt: skip
     ("evaluate", ["--data", "d.h5", "l2", "ssim"], {"models": ["l2", "ssim"], "data": "d.h5", **EVALUATE}),

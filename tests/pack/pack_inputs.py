@@ -56,6 +56,29 @@ def bad_pack(tmp_path: Path, capsys, *args, match: str) -> str:
 ONE_ROW = "ref,p0,p1,judge\nim0.png,im1.png,im2.png,0.5\n"
 
 
+# --- NIGHTS as published: data.csv, ref/, distort/ ---------------------------------------------------
+NIGHTS_HEADER = "id,left_vote,right_vote,votes,ref_path,left_path,right_path,split,is_imagenet"
+
+
+def nights_row(i: int, right_vote: float = 1.0, votes: int = 6, split: str = "train", imagenet: bool = True) -> str:
+    """One data.csv row: triplet `i`'s images ``ref/i.png``, ``distort/i_0.png``, ``distort/i_1.png``."""
+    return (
+        f"{i},{1 - right_vote},{right_vote},{votes},ref/{i:03d}.png,distort/{i:03d}_0.png,distort/{i:03d}_1.png,"
+        f"{split},{imagenet}"
+    )
+
+
+def nights_root(root: Path, rows: list[str], header: str = NIGHTS_HEADER, n: int = 8) -> Path:
+    """A NIGHTS root: `header` and `rows` as data.csv; triplet i as 20x20 PNGs of values 10 i, 10 i + 1, 10 i + 2."""
+    for folder in ("ref", "distort"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        for value, name in enumerate((f"ref/{i:03d}", f"distort/{i:03d}_0", f"distort/{i:03d}_1")):
+            Image.fromarray(np.full((20, 20, 3), 10 * i + value, np.uint8)).save(root / f"{name}.png")
+    (root / "data.csv").write_text("\n".join([header, *rows]) + "\n")
+    return root
+
+
 def npy(value) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.array(value))

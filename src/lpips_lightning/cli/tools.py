@@ -36,13 +36,15 @@ def pack_command(
     overwrite: bool = False,
     quiet: bool = False,
     lower_is_better: bool = False,
+    min_votes: int | None = None,
 ) -> int:
-    """Pack BAPPS (folders or the downloaded archives) or a CSV of judgments into one judgments file (HDF5).
+    """Pack BAPPS (folders or the downloaded archives), NIGHTS or a CSV of judgments into one judgments file (HDF5).
 
     Args:
         source: a BAPPS root (holding 2afc/ and/or jnd/), a folder of the downloaded BAPPS archives
             (twoafc_train.tar.gz, twoafc_val.tar.gz, jnd.tar.gz: read as they are, nothing unpacked), one such
-            .tar.gz, a CSV of judgments, or a MOS CSV (ref_name,dist_name,mos[,std][,split])
+            .tar.gz, a NIGHTS root (holding data.csv, ref/, distort/), a CSV of judgments, or a MOS CSV
+            (ref_name,dist_name,mos[,std][,split])
         out: the judgments file to write, e.g. bapps.h5
         size: resize images to SIZE x SIZE (default 64, PIL bilinear)
         workers: decoding processes (default: all cores)
@@ -50,12 +52,15 @@ def pack_command(
         overwrite: replace OUT if it exists
         quiet: no progress bar
         lower_is_better: a MOS CSV of DMOS scores (a higher score means worse quality: LIVE, CSIQ)
+        min_votes: a NIGHTS root's triplets with fewer votes are left out (default 6, as DreamSim's loader)
     """
     from ..data import judgments
     from ..pack.pack import pack
 
     # Interrupted (SIGINT, SIGTERM) goes up to cli.main: "interrupted", exit status err.status
-    written = pack(source, out, size, workers, group, overwrite, progress=not quiet, lower_is_better=lower_is_better)
+    written = pack(
+        source, out, size, workers, group, overwrite, not quiet, lower_is_better=lower_is_better, min_votes=min_votes
+    )
     with judgments.open_file(written) as f:
         for name in judgments.groups(f):
             print(f"{name}: {f[name][judgments.TARGET[judgments.kind_of(name)]].shape[0]} items")
@@ -210,7 +215,7 @@ def evaluate_command(
         quiet: no progress bar
         trust_code: build custom backbones that model files name (runs their code)
         reference: paper: also print the paper's Table 5 (2AFC per BAPPS subset, in percent) beside these scores
-        bootstrap: resamples of each group's items for a 95 % interval of every score (in results.json; 0: none)
+        bootstrap: resamples of each group's items for a 95 percent interval of every score (in results.json; 0: none)
         seed: the bootstrap's random seed (the same seed gives the same intervals)
     """
     from ..evaluate import evaluate, pick_device, resolve_model

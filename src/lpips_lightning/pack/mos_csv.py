@@ -45,8 +45,13 @@ def _group_names(path: Path, group: str | None, has_split: bool) -> tuple[str | 
         raise PackError(f"{path}: {err} (from the CSV's name {path.name}); pass --group") from None
 
 
-def plan_mos_csv(path: Path, header: list[str], records: list, group: str | None = None) -> list[GroupPlan]:
-    """The MOS groups of one pyiqa-style CSV (`csv_source.read_csv`'s header and rows), in split order."""
+def plan_mos_csv(
+    path: Path, header: list[str], records: list, group: str | None = None, higher_is_better: bool = True
+) -> list[GroupPlan]:
+    """The MOS groups of one pyiqa-style CSV (`csv_source.read_csv`'s header and rows), in split order.
+
+    `higher_is_better`: False for DMOS scores (a higher score means worse quality).
+    """
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise PackError(f"{path}: missing column(s) {', '.join(missing)}; a MOS CSV needs {','.join(COLUMNS)}")
@@ -67,7 +72,10 @@ def plan_mos_csv(path: Path, header: list[str], records: list, group: str | None
             name = f"mos/{split}/{subset}"
         else:
             name = one
-        plan = plans.setdefault(name, GroupPlan(name, str(path), std=[] if has_std else None))
+        plan = plans.setdefault(
+            name,
+            GroupPlan(name, str(path), names=[], std=[] if has_std else None, higher_is_better=higher_is_better),
+        )
         images = (
             image_path(row["ref_name"], path, where, "ref_name"),
             image_path(row["dist_name"], path, where, "dist_name"),
@@ -89,6 +97,7 @@ def plan_mos_csv(path: Path, header: list[str], records: list, group: str | None
             raise PackError(f"{where}: std {row['std']} is not a finite number >= 0")
         plan.images.append(images)
         plan.targets.append(score)
+        plan.names.append(row["dist_name"])  # type: ignore[union-attr]
         if plan.std is not None:
             plan.std.append(std)  # type: ignore[arg-type]
     if not plans:

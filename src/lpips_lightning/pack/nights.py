@@ -2,8 +2,8 @@
 
 ``data.csv`` has one row per triplet: ``id,left_vote,right_vote,votes,ref_path,left_path,right_path,
 split,is_imagenet``; the paths are relative to the root. As DreamSim's loader does, triplets with
-fewer than `MIN_VOTES` votes are left out (`min_votes` changes it; `NightsPlans.left_out` counts
-them). The judgment is ``right_vote``, the share of observers preferring the right image: ref is
+fewer than `MIN_VOTES` votes are left out (`min_votes` changes it; the first plan's `note` says
+how many). The judgment is ``right_vote``, the share of observers preferring the right image: ref is
 ``ref_path``, p0 ``left_path``, p1 ``right_path``; ``votes`` is stored and ``id`` is the item's name.
 
 =============  ==========================  ===========================
@@ -21,11 +21,9 @@ Every problem is one `PackError` naming the line (and column), found before the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PackError
-from .bapps import check_fraction
 from .csv_source import MAX_VOTES, csv_float, image_path, read_csv
 from .plans import GroupPlan
 
@@ -40,16 +38,6 @@ GROUPS = {
     ("test", False): "2afc/test/no_imagenet",
 }
 TRUTH = {"true": True, "1": True, "false": False, "0": False}
-
-
-@dataclass
-class NightsPlans:
-    """The groups of a NIGHTS root, and how many triplets were left out for having too few votes."""
-
-    plans: list[GroupPlan]
-    left_out: int
-    total: int
-    min_votes: int
 
 
 def is_nights_root(folder: Path) -> bool:
@@ -73,8 +61,10 @@ def _share(row: dict[str, str], col: str, where: str) -> float:
     try:
         value = csv_float(row[col])
     except ValueError:
-        raise PackError(f"{where}: column {col}: {row[col]!r} is not a number") from None
-    return check_fraction(value, f"{where}: column {col}")
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise PackError(f"{where}: column {col}: {row[col]!r} is not a share of observers in [0, 1]")
+    return value
 
 
 def _group(row: dict[str, str], where: str) -> str:
@@ -87,13 +77,13 @@ def _group(row: dict[str, str], where: str) -> str:
     return GROUPS[(split, imagenet if split == "test" else None)]
 
 
-def plan_nights(root: Path, min_votes: int = MIN_VOTES) -> NightsPlans:
+def plan_nights(root: Path, min_votes: int = MIN_VOTES) -> list[GroupPlan]:
     """The 2AFC groups of a NIGHTS root (see the module docstring), in the order of `GROUPS`."""
-    if min_votes < 0:
-        raise PackError(f"--min-votes must be 0 or more, got {min_votes}")
     missing = [f + "/" for f in FOLDERS if not (root / f).is_dir()]
     if missing:
-        raise PackError(f"{root}: holds {CSV_NAME} but no {', '.join(missing)}: a NIGHTS root holds data.csv, ref/ and distort/")
+        raise PackError(
+            f"{root}: holds {CSV_NAME} but no {' or '.join(missing)}: a NIGHTS root holds data.csv, ref/ and distort/"
+        )
     path = root / CSV_NAME
     header, records = read_csv(path)
     absent = [c for c in COLUMNS if c not in header]
@@ -129,5 +119,10 @@ def plan_nights(root: Path, min_votes: int = MIN_VOTES) -> NightsPlans:
         raise PackError(f"{path}: no rows below the header")
     kept = [p for p in plans.values() if p.n]
     if not kept:
-        raise PackError(f"{path}: every one of its {len(records)} triplets has fewer than {min_votes} votes (--min-votes)")
-    return NightsPlans(kept, left_out, len(records), min_votes)
+        raise PackError(
+            f"{path}: every one of its {len(records)} triplets has fewer than {min_votes} votes (--min-votes)"
+        )
+    if left_out:
+        note = f"left out {left_out} of {len(records)} triplets with fewer than {min_votes} votes (--min-votes)"
+        kept[0].note = f"{path}: {note}"
+    return kept

@@ -1,6 +1,7 @@
 """``pack``: the group plans of a SOURCE decoded and written into one judgments file.
 
-``lpips-lightning pack SOURCE OUT.h5 [--size 64] [--workers N] [--group G] [--overwrite]``
+``lpips-lightning pack SOURCE OUT.h5 [--size 64] [--workers N] [--group G] [--lower-is-better] [--min-votes N]
+[--overwrite]``
 
 Every input problem is found before anything is written where it can be (`sources.plan_source`:
 folder layout, stems, CSV columns and values, a damaged archive; the output checked once,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -60,8 +62,12 @@ def pack(
     overwrite: bool = False,
     progress: bool = True,
     lower_is_better: bool = False,
+    min_votes: int | None = None,
 ) -> Path:
     """Pack SOURCE into the judgments file OUT; return OUT. See the module docstring.
+
+    `lower_is_better`: a MOS CSV of DMOS scores; `min_votes`: a NIGHTS root's triplets with fewer
+    votes are left out (default 6). What a source left out is said on stderr once OUT is written.
 
     Raises `Interrupted` (a KeyboardInterrupt carrying the exit status) on SIGINT or SIGTERM.
     """
@@ -76,7 +82,7 @@ def pack(
         out = outputs.check_output(out, overwrite, inputs=[source, *named], what=WHAT)
     with Signals() as signals:
         signals.raise_now = True  # planning holds nothing to clean up
-        plans = plan_source(source, group, progress, lower_is_better)
+        plans = plan_source(source, group, progress, lower_is_better, min_votes)
         signals.raise_now = False
         signals.check()
         if not named:  # `pack j.csv j.csv --overwrite`, or an output that is one of the images or .npy files
@@ -109,6 +115,8 @@ def pack(
         finally:
             decoder.close()
     signals.check()  # a signal after the rename: the file is complete, the command still stops
+    for note in (p.note for p in plans if p.note):
+        print(note, file=sys.stderr)
     return out
 
 

@@ -30,6 +30,7 @@ class GroupPlan:
     archive: Archive | None = None
     std: list[float] | None = None  # MOS groups: the scores' standard deviations
     higher_is_better: bool = True  # MOS groups: False for DMOS
+    note: str = ""  # what the source left out (NIGHTS: too few votes), said on stderr once the file is written
 
     @property
     def n(self) -> int:

@@ -4,7 +4,9 @@
   ``<kind>/<split>/<subset>`` folder a group, its files paired by stem;
 - a folder holding any of `bapps.bapps_archives`, or one ``.tar.gz``/``.tgz``/``.tar``: BAPPS
   archives, read once to their end here (`archive_index.plan_archives`);
-- a ``.csv`` file: one group (`csv_source.plan_csv`).
+- a folder holding ``data.csv``: NIGHTS as published (`nights.plan_nights`);
+- a ``.csv`` file: a MOS CSV in pyiqa's meta format (``ref_name,dist_name,mos``: `mos_csv.plan_mos_csv`),
+  else one 2AFC or JND group (`csv_source.plan_csv`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..data import judgments
 from ..errors import PackError
 from .archive_index import plan_archives
 from .archives import ARCHIVE_SUFFIXES
 from .bapps import FOLDERS, bapps_archives, check_subset, extensions, paired_stems
 from .csv_source import plan_csv, read_csv
 from .mos_csv import is_mos_csv, plan_mos_csv
+from .nights import MIN_VOTES, is_nights_root, plan_nights
 from .plans import GroupPlan
 
 
@@ -74,27 +76,37 @@ def named_archives(source: Path) -> list[Path]:
 
 def _no_group(source: Path, group: str | None) -> None:
     if group:
-        raise PackError(f"{source}: --group applies to a CSV source; BAPPS subsets keep their own names")
+        raise PackError(f"{source}: --group applies to a CSV source; BAPPS and NIGHTS subsets keep their own names")
+
+
+def _only(source: Path, given: dict[str, object], here: str | None = None) -> None:
+    """Refuse the options of `given` that are set (not None or False) but for another source than `here`."""
+    applies = {
+        "lower_is_better": "a MOS CSV (ref_name,dist_name,mos)",
+        "min_votes": "a NIGHTS root (a folder holding data.csv)",
+    }
+    for name, value in given.items():
+        if value is not None and value is not False and name != here:
+            raise PackError(f"{source}: --{name.replace('_', '-')} applies to {applies[name]} only")
 
 
 def plan_source(
-    source: str | os.PathLike, group: str | None = None, progress: bool = False, lower_is_better: bool = False
+    source: str | os.PathLike,
+    group: str | None = None,
+    progress: bool = False,
+    lower_is_better: bool = False,
+    min_votes: int | None = None,
 ) -> list[GroupPlan]:
     """What `pack` would write for SOURCE (see the module docstring); `progress`: a bar of archive bytes read.
 
-    `lower_is_better`: the source is a MOS CSV of DMOS scores (refused for any other source).
+    `lower_is_better`: the source is a MOS CSV of DMOS scores. `min_votes`: a NIGHTS root's
+    triplets with fewer votes are left out (default `nights.MIN_VOTES`). Each is refused for any
+    other source, before that source is read.
     """
     source = Path(source)
-    plans = _plans(source, group, progress)
-    if lower_is_better:
-        if any(judgments.kind_of(p.group) != "mos" for p in plans):
-            raise PackError(f"{source}: --lower-is-better applies to a MOS CSV (ref_name,dist_name,mos) only")
-        for p in plans:
-            p.higher_is_better = False
-    return plans
-
-
-def _plans(source: Path, group: str | None, progress: bool) -> list[GroupPlan]:
+    if min_votes is not None and min_votes < 0:
+        raise PackError(f"--min-votes must be 0 or more, got {min_votes}")
+    given = {"lower_is_better": lower_is_better, "min_votes": min_votes}
     try:
         if not source.exists():
             raise PackError(f"{source}: no such file or folder")
@@ -105,7 +117,9 @@ def _plans(source: Path, group: str | None, progress: bool) -> list[GroupPlan]:
                 raise PackError(f"{source}: not a regular file")
             parsed = read_csv(source)
             if is_mos_csv(parsed[0]):
-                return plan_mos_csv(source, *parsed, group)
+                _only(source, given, "lower_is_better")
+                return plan_mos_csv(source, *parsed, group, higher_is_better=not lower_is_better)
+            _only(source, given)
             return plan_csv(source, group, parsed)
         if source.name.lower().endswith(ARCHIVE_SUFFIXES) and not source.is_dir():
             if not source.is_file():
@@ -122,7 +136,12 @@ def _plans(source: Path, group: str | None, progress: bool) -> list[GroupPlan]:
                 )
             if tree:
                 _no_group(source, group)
+                _only(source, given)
                 return plan_tree(source)
+            if is_nights_root(source):
+                _no_group(source, group)
+                _only(source, given, "min_votes")
+                return plan_nights(source, MIN_VOTES if min_votes is None else min_votes)
             partial = [
                 name
                 for name in bapps_archives()
@@ -137,10 +156,12 @@ def _plans(source: Path, group: str | None, progress: bool) -> list[GroupPlan]:
             archives = []
         if archives:
             _no_group(source, group)
+            _only(source, given)
             return plan_archives(archives, progress)
     except OSError as err:  # unreadable folders or files, names too long, ...
         raise PackError(f"{err.filename or source}: cannot read ({err.strerror or type(err).__name__})") from None
     raise PackError(
         f"{source}: neither a BAPPS root (a folder holding 2afc/ or jnd/), a folder of BAPPS archives "
-        f"({', '.join(bapps_archives())}), a .tar.gz archive nor a .csv file"
+        f"({', '.join(bapps_archives())}), a NIGHTS root (a folder holding data.csv), a .tar.gz archive "
+        "nor a .csv file"
     )
