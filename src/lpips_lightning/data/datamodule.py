@@ -1,5 +1,9 @@
 """JudgmentsDataModule: a judgments file served to Lightning as uint8 batches, one loader per val/test group.
 
+Training groups are 2AFC groups as stored, or MOS groups as 2AFC triplets of two distorted images
+of one reference (`mos_pairs`); `val_fraction` holds out a share of them for validation, by
+reference image (`holdout`). Both are an index built once (`training_set`), never a copy.
+
 What a model needs of its training batches arrives as init arguments, never by asking the
 model: `index_only` (batches without images) and `steps_per_batch` (minibatches per batch).
 ``lpips-lightning fit`` sets both from the model's and the trainer's options (`train.links`);
@@ -8,10 +12,12 @@ they are logged with the run's hyperparameters (``hparams.yaml``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -20,6 +26,9 @@ from ..errors import ConfigError
 from . import group_checks, judgments
 from .dataset import EpochShuffleSampler, JudgmentsDataset, UnpaddedDistributedSampler, keep_batch
 from .demo import demo_path, ensure_demo
+from .holdout import check_fraction, heldout_names
+from .mos_pairs import DEFAULT_PAIRS_PER_REF
+from .training_set import TrainingSet, training_set
 
 DEFAULT_VAL = ("2afc/val/*", "jnd/val/*", "mos/val/*")
 
@@ -41,9 +50,19 @@ class JudgmentsDataModule(pl.LightningDataModule):
 
     Args:
         path: the judgments file, or ``demo`` for the bundled demo set (built on first use).
-        train: groups (or globs, ``2afc/train/*``) to train on; 2AFC only.
-        val: groups to validate on, one loader each; 2AFC, JND and MOS (SRCC).
+        train: groups (or globs, ``2afc/train/*``) to train on: 2AFC groups, and MOS groups as 2AFC
+            triplets (two distorted images of one reference; see `mos_pairs` for the judgment's rule);
+            both kinds mix in one training set and batches are 2AFC batches either way.
+        val: groups to validate on, one loader each; 2AFC, JND and MOS (SRCC). By default every val
+            group the file has (none is fine with `val_fraction`).
         test: groups to test on, one loader each.
+        val_fraction: the share of each training group's items held out as a validation subset of
+            its own (``2afc/train/mine`` -> ``2afc/val/mine_heldout``), by reference image: no
+            reference image on both sides (`holdout`). With val groups as well, both are validated.
+            A MOS group's held-out part is scored as MOS (SRCC), before any pairs are made.
+        split_seed: seeds the held-out split and the sample of MOS pairs.
+        mos_pairs_per_ref: at most this many pairs of one reference's distorted images become
+            triplets (a seeded sample where there are more; ``None``: every pair, n(n-1)/2).
         batch_size: items per minibatch, one optimizer step each (the paper's recipe: 50).
         num_workers: loader processes (0: load in the main process).
         in_memory: ``True`` loads the groups' images into RAM, ``False`` reads them from the
@@ -71,6 +90,9 @@ class JudgmentsDataModule(pl.LightningDataModule):
         on_device: bool | str = "auto",
         index_only: bool = False,
         steps_per_batch: int = 1,
+        val_fraction: float = 0.0,
+        split_seed: int = 0,
+        mos_pairs_per_ref: int | None = DEFAULT_PAIRS_PER_REF,
     ) -> None:
         super().__init__()
         if in_memory not in (True, False, "auto"):
@@ -81,6 +103,11 @@ class JudgmentsDataModule(pl.LightningDataModule):
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if steps_per_batch < 1:
             raise ConfigError(f"steps_per_batch must be at least 1, got {steps_per_batch}")
+        if mos_pairs_per_ref is not None and (isinstance(mos_pairs_per_ref, bool) or mos_pairs_per_ref < 1):
+            raise ConfigError(f"mos_pairs_per_ref must be at least 1 (or null: every pair), got {mos_pairs_per_ref!r}")
+        self.val_fraction = check_fraction(val_fraction)
+        self.split_seed = int(split_seed)
+        self.mos_pairs_per_ref = mos_pairs_per_ref
         self.save_hyperparameters()
         self.train_patterns = list(train if train is not None else ["2afc/train/*"])
         # by default every val group of either kind: a file may hold only 2AFC or only JND groups
@@ -99,6 +126,10 @@ class JudgmentsDataModule(pl.LightningDataModule):
         self.test_groups: list[str] = []
         self.datasets: dict[str, list[JudgmentsDataset]] = {}
         self._device_store: dict[str, torch.Tensor] | None = None
+        self._device_rows: dict[str, torch.Tensor] | None = None  # training items as rows into the store
+        self._training: TrainingSet | None = None  # built once (`training_set`)
+        self._source: dict[str, str] = {}  # a held-out subset's name -> its training group
+        self._better: dict[str, bool] = {}  # each MOS group's higher_is_better
         if self.path is not None:  # fail early, before any model is built
             self._resolve()
 
@@ -110,19 +141,38 @@ class JudgmentsDataModule(pl.LightningDataModule):
     def _resolve(self) -> None:
         with judgments.open_file(self.file) as f:
             self.train_groups = group_checks.resolve(f, self.train_patterns)
+            other = [g for g in self.train_groups if judgments.kind_of(g) == "jnd"]
+            if other:
+                raise ConfigError(
+                    f"{self.file}: training needs 2AFC or MOS groups; {', '.join(other)} "
+                    f"{'is' if len(other) == 1 else 'are'} JND"
+                )
             patterns = self.val_patterns
             if self.default_val:
                 patterns = [g for g in judgments.groups(f) if any(fnmatchcase(g, p) for p in DEFAULT_VAL)]
             self.val_groups = group_checks.resolve(f, patterns)
             self.test_groups = group_checks.resolve(f, self.test_patterns)
             chosen = dict.fromkeys(self.train_groups + self.val_groups + self.test_groups)
+            self._source = heldout_names(self.file, self.train_groups, judgments.groups(f)) if self.val_fraction else {}
+            self.val_groups += list(self._source)
             self._image_sizes = {
                 g: tuple(f[g][judgments.image_keys(judgments.kind_of(g))[0]].shape[-2:]) for g in chosen
             }
-        other = [g for g in self.train_groups if judgments.kind_of(g) != "2afc"]
-        if other:
-            kinds = ", ".join(f"{g} is {judgments.kind_of(g).upper()}" for g in other)
-            raise ConfigError(f"{self.file}: training needs 2AFC groups; {kinds}")
+            self._image_sizes.update({name: self._image_sizes[g] for name, g in self._source.items()})
+            self._better = {g: judgments.higher_is_better(f, g) for g in chosen if judgments.kind_of(g) == "mos"}
+            self._better.update({n: self._better[g] for n, g in self._source.items() if g in self._better})
+            if self._training is None:  # once: the index of MOS pairs and the held-out split
+                self._training = training_set(
+                    f, self.train_groups, self.val_fraction, self.split_seed, self.mos_pairs_per_ref
+                )
+
+    def higher_is_better(self, group: str) -> bool:
+        """Whether a higher score of MOS group `group` (a held-out one too) is better: MOS True, DMOS False."""
+        if not hasattr(self, "_image_sizes"):
+            self._resolve()
+        if group not in self._better:
+            raise ConfigError(f"{self.file}: {group} is not a selected MOS group")
+        return self._better[group]
 
     def prepare_data(self) -> None:
         if self.path is None:
@@ -131,32 +181,41 @@ class JudgmentsDataModule(pl.LightningDataModule):
     def _in_memory(self, groups: list[str]) -> bool:
         if self.in_memory != "auto":
             return bool(self.in_memory)
-        return JudgmentsDataset.nbytes(self.file, groups) < _available_memory() // 2
+        stored = list(dict.fromkeys(self._source.get(g, g) for g in groups))
+        return JudgmentsDataset.nbytes(self.file, stored) < _available_memory() // 2
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:  # safe to call twice
             return
         self._resolve()
+        index = self._training.train if self._training is not None else None
         if self.train_groups:
             on_device = not self.index_only and self._store_on_device(self.train_groups)
             memory = on_device or self._in_memory(self.train_groups)
             # on the device the loader yields indices only; the images are gathered there
-            train = JudgmentsDataset(self.file, self.train_groups, memory, index_only=on_device or self.index_only)
+            only = on_device or self.index_only
+            train = JudgmentsDataset(self.file, self.train_groups, memory, index_only=only, items=index)
             if on_device:
-                self._device_store = train.images
+                self._device_store, self._device_rows = train.images, train.rows
             self.datasets["train"] = [train]
         for stage_name, groups in (("val", self.val_groups), ("test", self.test_groups)):
             if groups:
                 memory = self._in_memory(groups)
-                self.datasets[stage_name] = [
-                    JudgmentsDataset(self.file, [g], memory, [i]) for i, g in enumerate(groups)
-                ]
+                self.datasets[stage_name] = [self._eval_dataset(g, i, memory) for i, g in enumerate(groups)]
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.train_groups and world > 1 and len(self.datasets["train"][0]) < world * self.batch_size:
             raise ConfigError(
                 f"{self.file}: {len(self.datasets['train'][0])} training items are fewer than one batch of "
                 f"{self.batch_size} per process on {world} processes"
             )
+
+    def _eval_dataset(self, group: str, i: int, memory: bool) -> JudgmentsDataset:
+        """Loader `i`'s dataset: a stored group, or a subset held out of a training group."""
+        if group not in self._source:
+            return JudgmentsDataset(self.file, [group], memory, [i])
+        items = self._training.heldout[group]
+        items = dataclasses.replace(items, group=np.full(len(items), i, np.int64))
+        return JudgmentsDataset(self.file, [], memory, items=items)
 
     def _loader(self, dataset: JudgmentsDataset, shuffle: bool, minibatches: int = 1) -> DataLoader:
         sampler: torch.utils.data.Sampler | None = None
@@ -207,12 +266,19 @@ class JudgmentsDataModule(pl.LightningDataModule):
         return JudgmentsDataset.nbytes(self.file, groups) < free // 4
 
     def device_images(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """The device-resident training images (ref, p0, p1: uint8), moved to `device` on first use."""
+        """The device-resident training images (ref, p0, p1: uint8), moved to `device` on first use.
+
+        Training items given as rows (MOS pairs, a held-out split): one image pool that every key
+        shares, moved once, and the rows (`_device_rows`) with it.
+        """
         store = self._device_store
         if store is None:
             raise ConfigError(f"{self.file}: the training images are not kept on the device (on_device)")
         if next(iter(store.values())).device != device:
-            store = self._device_store = {k: v.to(device) for k, v in store.items()}
+            moved: dict[int, torch.Tensor] = {}  # a tensor that several keys share moves once
+            store = self._device_store = {k: moved.setdefault(id(v), v.to(device)) for k, v in store.items()}
+            if self._device_rows is not None:
+                self._device_rows = {k: v.to(device) for k, v in self._device_rows.items()}
         return store
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
@@ -223,4 +289,7 @@ class JudgmentsDataModule(pl.LightningDataModule):
 
     def gather_images(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """ref, p0 and p1 of training items `index` from the device-resident store, on `index`'s device."""
-        return {k: v[index] for k, v in self.device_images(index.device).items()}
+        store = self.device_images(index.device)
+        if self._device_rows is not None:
+            return {k: v[self._device_rows[k][index]] for k, v in store.items()}
+        return {k: v[index] for k, v in store.items()}

@@ -17,6 +17,9 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from ..errors import ConfigError, JudgmentsError
 from . import group_checks, judgments
+from .items import Items
+
+POOL_BLOCK = 1024  # stored rows read at a time while the used ones are gathered into memory
 
 
 class JudgmentsDataset(Dataset):
@@ -27,6 +30,9 @@ class JudgmentsDataset(Dataset):
     ``"same"``) float32 (B,), and ``"group"``, the index of each item's group in `group_ids`.
     The HDF5 file is opened on first use in each process and never pickled. ``"index"`` holds
     each item's index in the dataset; with `index_only` the images are left out.
+
+    With `items` (`items.Items`: MOS pairs as triplets, a held-out split) the dataset serves those
+    items, reading each item's images by their rows in the stored arrays (`groups` is then theirs).
     """
 
     def __init__(
@@ -36,41 +42,73 @@ class JudgmentsDataset(Dataset):
         in_memory: bool = False,
         group_ids: Sequence[int] | None = None,
         index_only: bool = False,
+        items: Items | None = None,
     ) -> None:
+        groups = items.groups if items is not None else groups
         if not groups:
             raise ConfigError("a dataset needs at least one group")
         kinds = {judgments.kind_of(g) for g in groups}
-        if len(kinds) != 1:
+        if len(kinds) != 1 and items is None:
             raise ConfigError(f"groups of different kinds cannot be mixed in one dataset: {', '.join(groups)}")
         self.path = str(path)
         self.groups = list(groups)
-        self.kind = kinds.pop()
-        self.keys = judgments.image_keys(self.kind)
-        self.target_key = judgments.TARGET[self.kind]
+        self.kind = kinds.pop() if items is None else {"judge": "2afc", "mos": "mos"}[items.target_key]
+        self.keys = judgments.image_keys(self.kind) if items is None else items.keys
+        self.target_key = judgments.TARGET[self.kind] if items is None else items.target_key
+        # items given as rows (MOS pairs, held-out splits): per key, rows of the sources read one after
+        # another (`offsets`), or of the in-memory pool
+        self.rows: dict[str, torch.Tensor] | None = None
         with judgments.open_file(self.path) as f:
             # what the file is now: a file replaced or rewritten under a running fit is noticed at its next read
             self.identity = _identity(self.path)
             lengths = [group_checks.validate_group(f, g) for g in self.groups]
-            shapes = {f[g][self.keys[0]].shape[1:] for g in self.groups}
+            shapes = {f[g][judgments.image_keys(judgments.kind_of(g))[0]].shape[1:] for g in self.groups}
             if len(shapes) != 1:
                 raise JudgmentsError(f"{self.path}: groups {', '.join(self.groups)} hold images of different sizes")
             self.image_shape = shapes.pop()
-            self.targets = torch.from_numpy(
-                np.concatenate([judgments.read(f, g, self.target_key) for g in self.groups])
-            )
-            ids = group_ids if group_ids is not None else range(len(self.groups))
-            self.group_of = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in zip(ids, lengths)])
-            self.offsets = np.cumsum([0, *lengths])
             self.images: dict[str, torch.Tensor] | None = None
-            if in_memory:
-                self.images = {
-                    k: torch.from_numpy(np.concatenate([judgments.read(f, g, k) for g in self.groups]))
-                    for k in self.keys
-                }
+            if items is not None:
+                self._index(f, items, in_memory)
+            else:
+                self._stored(f, lengths, group_ids, in_memory)
         self._file: h5py.File | None = None
         self._datasets: list[list[tuple[h5py.Dataset, bool]]] = []
         # only indices, judgments and groups: the images are gathered elsewhere (on the device)
         self.index_only = index_only
+
+    def _stored(self, f: h5py.File, lengths: list[int], group_ids: Sequence[int] | None, in_memory: bool) -> None:
+        """Serve every item of the groups as stored, in order."""
+        self.targets = torch.from_numpy(np.concatenate([judgments.read(f, g, self.target_key) for g in self.groups]))
+        ids = group_ids if group_ids is not None else range(len(self.groups))
+        self.group_of = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in zip(ids, lengths)])
+        self.offsets = np.cumsum([0, *lengths])
+        if in_memory:
+            self.images = {
+                k: torch.from_numpy(np.concatenate([judgments.read(f, g, k) for g in self.groups])) for k in self.keys
+            }
+
+    def _index(self, f: h5py.File, items: Items, in_memory: bool) -> None:
+        """Serve `items`: each stored source array once (in memory: one pool, every key a view of it)."""
+        self.sources = list(items.sources)
+        lengths = [f[g][k].shape[0] for g, k in self.sources]
+        self.offsets = np.cumsum([0, *lengths])  # each source's first row in the pool
+        self.rows = {k: torch.from_numpy(self.offsets[items.source[k]] + items.row[k]) for k in self.keys}
+        self.targets = torch.from_numpy(np.ascontiguousarray(items.targets, np.float32))
+        self.group_of = torch.from_numpy(np.ascontiguousarray(items.group, np.int64))
+        if in_memory:  # one pool of the rows the items use, each once (not a held-out part's), every key a view
+            used = np.unique(np.concatenate([v.numpy() for v in self.rows.values()]))
+            pool, filled = np.empty((len(used), *self.image_shape), np.uint8), 0
+            for (g, k), start, n in zip(self.sources, self.offsets, lengths):
+                for block in range(start, start + n, POOL_BLOCK):
+                    end = min(block + POOL_BLOCK, start + n)
+                    take = used[np.searchsorted(used, block) : np.searchsorted(used, end)]
+                    if len(take):
+                        rows = judgments.read(f, g, k, np.s_[block - start : end - start])
+                        pool[filled : filled + len(take)] = rows[take - block]
+                        filled += len(take)
+            tensor = torch.from_numpy(pool)
+            self.images = {k: tensor for k in self.keys}
+            self.rows = {k: torch.from_numpy(np.searchsorted(used, v.numpy())) for k, v in self.rows.items()}
 
     @staticmethod
     def nbytes(path: str | os.PathLike, groups: Sequence[str]) -> int:
@@ -90,7 +128,12 @@ class JudgmentsDataset(Dataset):
         _check_unchanged(self.path, self.identity)  # one stat per batch (a few microseconds)
         if self._file is None:
             self._file = h5py.File(self.path, "r")
-            self._datasets = [[_with_raw(self._file[g][k]) for k in self.keys] for g in self.groups]
+            if self.rows is not None:
+                self._datasets = [[_with_raw(self._file[g][k])] for g, k in self.sources]
+            else:
+                self._datasets = [[_with_raw(self._file[g][k]) for k in self.keys] for g in self.groups]
+        if self.rows is not None:
+            return self._read_rows(indices)
         out = {k: np.empty((len(indices), *self.image_shape), np.uint8) for k in self.keys}
         which = np.searchsorted(self.offsets, indices, side="right") - 1
         for j, (i, gi) in enumerate(zip(indices, which)):
@@ -102,10 +145,27 @@ class JudgmentsDataset(Dataset):
                     raise judgments.damaged(self.path, self.groups[gi], k, err) from None
         return {k: torch.from_numpy(v) for k, v in out.items()}
 
+    def _read_rows(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """Items given as rows (`rows`): each key's row looked up in its source array."""
+        out = {}
+        for k in self.keys:
+            rows = self.rows[k][torch.as_tensor(indices)].numpy()
+            which = np.searchsorted(self.offsets, rows, side="right") - 1
+            out[k] = np.empty((len(rows), *self.image_shape), np.uint8)
+            for j, (r, s) in enumerate(zip(rows, which)):
+                d, raw = self._datasets[s][0]
+                try:
+                    out[k][j] = _read_sample(d, int(r - self.offsets[s]), raw)
+                except (OSError, RuntimeError) as err:
+                    raise judgments.damaged(self.path, self.sources[s][0], self.sources[s][1], err) from None
+        return {k: torch.from_numpy(v) for k, v in out.items()}
+
     def read_images(self, indices: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
         """The images of items `indices`, uint8 (B, 3, H, W) per key, from memory or the file."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         if self.images is not None:
+            if self.rows is not None:
+                return {k: v[self.rows[k][idx]] for k, v in self.images.items()}
             return {k: v[idx] for k, v in self.images.items()}
         return self._read(idx.numpy())
 
