@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -12,6 +13,8 @@ from scipy.stats import kendalltau, spearmanr
 
 from lpips_lightning.cli.main import main
 from lpips_lightning.data.datamodule import JudgmentsDataModule
+from lpips_lightning.evaluate import L2Distance, evaluate
+from lpips_lightning.report import NO_FIT, table
 from lpips_lightning.train.module import LPIPSModule
 
 
@@ -47,7 +50,53 @@ def test_evaluate_scores_mos_groups_as_scipy_does(mos_file, tmp_path, capsys):
     assert doc["means"]["l2"]["mos"] == pytest.approx(
         (doc["scores"]["l2"]["mos/test/kadid"] + doc["scores"]["l2"]["mos/test/live"]) / 2
     )
-    assert "ci95" in doc["details"]["l2"]["2afc/val/x"]
+    afc = doc["details"]["l2"]["2afc/val/x"]
+    assert afc["ci95"][0] <= afc["value"] <= afc["ci95"][1] and doc["bootstrap"] == {"resamples": 50, "seed": 0}
+    kadid = doc["details"]["l2"]["mos/test/kadid"]
+    lines = printed.splitlines()
+    row = lines.index(next(line for line in lines if line.startswith("mos/test/kadid")))
+    assert lines[row].split()[1:] == [f"{kadid['value']:.4f}", f"[{kadid['ci95'][0]:.3f},", f"{kadid['ci95'][1]:.3f}]"]
+    assert lines[row + 1].split() == ["KRCC", f"{kadid['krcc']:.4f}"]
+    assert lines[row + 2].split()[:2] == ["PLCC", f"{kadid['plcc']:.4f}" + ("" if kadid["logistic_fit"] else "*")]
+    assert "95 % bootstrap interval over 50 resamples" in printed
+    with open(out / "results.csv") as fh:
+        table = {(r["group"], r["measure"]): r for r in csv.DictReader(fh)}
+    assert float(table["mos/test/kadid", "srcc"]["l2"]) == pytest.approx(kadid["value"])
+    assert float(table["mos/test/kadid", "srcc"]["l2 ci95 low"]) == pytest.approx(kadid["ci95"][0])
+    assert float(table["mos/test/live", "krcc"]["l2"]) == pytest.approx(doc["details"]["l2"]["mos/test/live"]["krcc"])
+    assert float(table["2afc/val/x", "2afc"]["l2 ci95 high"]) == pytest.approx(afc["ci95"][1])
+    for chart in ("mos_scatter.png", "mos_srcc_by_subset.png", "2afc_by_subset.png"):
+        assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_bootstrap_is_reproducible_with_its_seed(mos_file):
+    def intervals(seed):
+        found = evaluate({"l2": L2Distance()}, mos_file, bootstrap=40, seed=seed, progress=False, device="cpu")
+        return {g: d["ci95"] for g, d in found["details"]["l2"].items()}
+
+    first = intervals(1)
+    assert first == intervals(1) and first != intervals(2)
+    assert set(first) == {"mos/test/kadid", "mos/test/live", "2afc/val/x"}
+
+
+def test_a_progress_line_per_model_unless_quiet(mos_file, capsys):
+    assert main(["evaluate", "l2", "ssim", "--data", str(mos_file), "--groups", "mos/test/kadid"]) == 0
+    err = capsys.readouterr().err
+    assert "scoring l2 (1 of 2)" in err and "scoring ssim (2 of 2)" in err
+    assert main(["evaluate", "l2", "--data", str(mos_file), "--groups", "mos/test/kadid", "--quiet"]) == 0
+    assert "scoring" not in capsys.readouterr().err
+
+
+def test_the_table_marks_a_plcc_without_the_logistic_fit():
+    scores = {"m": {"mos/test/a": 0.5}}
+    details = {"m": {"mos/test/a": {"srcc": 0.5, "krcc": 0.4, "plcc": 0.45, "logistic_fit": False}}}
+    shown = table(scores, ["mos/test/a"], details)
+    rows = {line[:28].strip(): line[28:].split() for line in shown.splitlines()[2:] if line.strip()}
+    assert rows["mos/test/a"] == ["0.5000"] and rows["KRCC"] == ["0.4000"] and rows["PLCC"] == ["0.4500*"]
+    assert NO_FIT in shown and "bootstrap" not in shown
+    details["m"]["mos/test/a"]["logistic_fit"] = True
+    fitted = table(scores, ["mos/test/a"], details)
+    assert "0.4500*" not in fitted and NO_FIT not in fitted
 
 
 def test_a_negative_bootstrap_is_one_line(mos_file, capsys):
@@ -60,5 +109,6 @@ def test_validation_logs_srcc_per_mos_group(mos_file):
     model = LPIPSModule(variant="lin", pretrained=False)
     dm = JudgmentsDataModule(str(mos_file), train=["2afc/val/x"], val=["mos/test/*"], batch_size=4)
     cpu_trainer().validate(model, dm)
-    assert set(model.scores["val"]) == {"val/srcc/kadid", "val/srcc/live", "val/srcc/mean"}
+    measures = {f"val/{m}/{s}" for m in ("srcc", "krcc", "plcc") for s in ("kadid", "live")}
+    assert set(model.scores["val"]) == {*measures, "val/srcc/mean"}
     assert all(-1 <= v <= 1 for v in model.scores["val"].values())

@@ -15,6 +15,7 @@ a 95 % interval of every score.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from .export.read import load
 from .model.correlations import bootstrap_ci, correlations
 from .model.lpips import LPIPS, to_unit_range
 from .model.metrics import SCORE_NAMES, score_subset
+from .provenance import provenance
 
 SPLITS_BY_DEFAULT = ("val", "test")
 SSIM_MIN_SIZE = 6
@@ -192,11 +194,16 @@ def details(
     resamples: int,
     seed: int,
 ) -> dict:
-    """One score as results.json details it: kind, n, measure, value; correlations (MOS); ci95 (bootstrap)."""
+    """One score as results.json details it: kind, n, measure, value; correlations (MOS); ci95 (bootstrap).
+
+    A MOS group adds "srcc", "krcc", "plcc" (`correlations`: "logistic_fit" says whether PLCC is
+    after the logistic fit or, where it did not converge, plain Pearson) and "higher_is_better"
+    (False for DMOS); "ci95" is [low, high] of `value` over `resamples` resamples of the items.
+    """
     kind = judgments.kind_of(group)
     found = {"kind": kind, "n": int(len(target)), "measure": SCORE_NAMES[kind], "value": value}
     if kind == "mos":
-        found.update(correlations(d["d"], target, higher_is_better))
+        found.update(correlations(d["d"], target, higher_is_better), higher_is_better=higher_is_better)
     if resamples:
 
         def score(target, **dist):
@@ -217,13 +224,17 @@ def evaluate(
     progress: bool = True,
     bootstrap: int = 0,
     seed: int = 0,
+    sources: Sequence[str] = (),
 ) -> dict:
-    """Score each model on each group: {"scores": {model: {group: value}}, "details", "items", "groups"}.
+    """Score each model on each group: {"scores": {model: {group: value}}, "details", "items", "groups", "provenance"}.
+
+    `sources`: the models as the user named them (files are recorded with their sha256 in "provenance").
 
     Without `groups`: the file's val and test groups (training groups would flatter a trained
     model), or every group when the file has no val/test split. "items" holds each group's
     per-item distances and targets, numpy arrays: {model: {group: {"d0", "d1" or "d", "target"}}};
-    "details" {model: {group: `details`}}, with a 95 % interval from `bootstrap` resamples (seeded by `seed`).
+    "details" {model: {group: `details`}}, with a 95 % interval from `bootstrap` resamples (seeded by `seed`;
+    then "bootstrap": {"resamples", "seed"} too). With `progress`, a bar and one line per model (on stderr).
     """
     dev = pick_device(device)
     if bootstrap < 0:
@@ -242,7 +253,9 @@ def evaluate(
     items: dict[str, dict[str, dict]] = {}
     detail: dict[str, dict[str, dict]] = {}
     with tqdm(total=total, unit="item", disable=not progress, desc="evaluate") as bar:
-        for name, model in models.items():
+        for number, (name, model) in enumerate(models.items(), 1):
+            if progress:
+                bar.write(f"scoring {name} ({number} of {len(models)})", file=sys.stderr)
             bar.set_description(f"evaluate {name}")
             scores[name], items[name], detail[name] = {}, {}, {}
             score = scorer(model, dev)
@@ -252,4 +265,8 @@ def evaluate(
                 scores[name][group] = score_group(name, group, d, target, hib)
                 items[name][group] = {**d, "target": target.numpy()}
                 detail[name][group] = details(group, d, target.numpy(), scores[name][group], hib, bootstrap, seed)
-    return {"scores": scores, "details": detail, "items": items, "groups": chosen}
+    result = {"scores": scores, "details": detail, "items": items, "groups": chosen}
+    result["provenance"] = provenance(data=path, models=sources or list(models))
+    if bootstrap:
+        result["bootstrap"] = {"resamples": bootstrap, "seed": seed}
+    return result

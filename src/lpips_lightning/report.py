@@ -1,9 +1,11 @@
 """What `evaluate` reports: the paper's table, and the files ``evaluate --out DIR`` writes.
 
-`table`: 2AFC (%) per 2AFC group and JND mAP (%) per JND group, one column per model, then the
-means. `write_outputs`: results.json (scores and means), results.csv (one row per group),
-distances.csv (every item's distances and target) and two charts (2AFC per subset, JND
-precision-recall curves), written as one set: all into a temporary folder, then moved in.
+`table`: 2AFC (%) per 2AFC group, JND mAP (%) per JND group and SRCC per MOS group (with its
+KRCC and PLCC below it), one column per model, then the means of each kind; a bootstrapped
+result shows each score's 95 % interval beside it (``0.7010 [0.680, 0.720]``). `write_outputs`:
+results.json (scores, means, details), results.csv (one row per group and measure),
+distances.csv (every item's distances and target) and the charts of the kinds present
+(`charts`), written as one set: all into a temporary folder, then moved in.
 
 A score can be undefined: the JND mAP of a group in which no pair was judged the same (its
 recall divides by zero). It is shown as ``n/a`` with the reason (`notes`), written as ``null``
@@ -24,32 +26,38 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from . import charts
 from .data import judgments
 from .errors import OutputError
-from .model.metrics import SCORE_NAMES, jnd_precision_recall
+from .model.metrics import SCORE_NAMES
 
-OUTPUT_FILES = ("results.json", "results.csv", "distances.csv", "2afc_by_subset.png", "jnd_precision_recall.png")
+# the files of an evaluation of 2AFC and JND groups; MOS groups add MOS_FILES (EVERY_FILE: all of them)
+OUTPUT_FILES = ("results.json", "results.csv", "distances.csv", *charts.CHARTS.values())
+MOS_FILES = tuple(charts.MOS_CHARTS.values())
+EVERY_FILE = OUTPUT_FILES + MOS_FILES
 KINDS = {"2afc": "2AFC %", "jnd": "JND mAP %", "mos": "SRCC"}
 PERCENT = ("2afc", "jnd")  # shown as percentages; SRCC as it is (-1..1)
 # why a score of each kind can be undefined (NaN distances are refused before scoring)
 UNDEFINED = {
-    "jnd": "no pair judged the same, so its JND mAP is undefined",
+    "jnd": charts.NO_SAME,
     "2afc": "no triplet scored",
     "mos": "the distances do not vary, so no rank correlation is defined",
 }
 MOS_NOTE = (
-    "SRCC: Spearman's rank correlation of distance with opinion score, signed so that a good metric scores "
-    "positive (negated against MOS, not against DMOS); results.json adds KRCC and PLCC (after a 4-parameter "
-    "logistic fit)"
+    "SRCC, KRCC: Spearman's and Kendall's (tau-b) rank correlation of distance with opinion score;\n"
+    "PLCC: Pearson's after a 4-parameter logistic fit (VQEG); all signed so that a good metric scores\n"
+    "positive (the distance negated against MOS, not against DMOS)"
 )
+NO_FIT = (
+    "PLCC*: plain Pearson: no rising 4-parameter logistic fits (the fit did not converge, "
+    "or the distances rank against the scores)"
+)
+MOS_ROWS = ("krcc", "plcc")  # shown below each MOS group's SRCC (from its details)
 STAGE = re.compile(r"^\.evaluate\.tmp-(\d+)$")  # `write_outputs`' temporary folder inside --out
 
 
 def of_kind(groups: list[str], kind: str) -> list[str]:
-    """The groups of one kind (2afc or jnd), in order."""
+    """The groups of one kind (2afc, jnd or mos), in order."""
     return [g for g in groups if judgments.kind_of(g) == kind]
 
 
@@ -67,38 +75,68 @@ def notes(scores: dict[str, dict[str, float]], groups: list[str]) -> dict[str, d
     }
 
 
-def table(scores: dict[str, dict[str, float]], groups: list[str]) -> str:
-    """The paper's table: 2AFC (%) per 2AFC group, mAP (%) per JND group, then the means.
+def table(
+    scores: dict[str, dict[str, float]],
+    groups: list[str],
+    details: dict[str, dict[str, dict]] | None = None,
+    bootstrap: dict | None = None,
+) -> str:
+    """The paper's table: 2AFC (%) per 2AFC group, mAP (%) per JND group, SRCC per MOS group, then the means.
 
-    An undefined score (and a mean over it) reads ``n/a[i]``; footnote ``[i]`` below says why.
+    With `details` (`evaluate`'s): each score's 95 % interval beside it, and a MOS group's KRCC and
+    PLCC below its SRCC; `bootstrap` ({"resamples", "seed"}) names the intervals' resampling in a
+    footnote. An undefined score (and a mean over it) reads ``n/a[i]``; footnote ``[i]`` below says why.
     """
-    names = list(scores)
-    width = max(12, *(len(n) for n in names))
+    names, details = list(scores), details or {}
     undefined = [g for g in groups if any(not defined(scores[n][g]) for n in names)]
     marks = {g: f"[{i}]" for i, g in enumerate(undefined, 1)}
+    unfitted: list[str] = []
 
-    def cell(value: float, why: list[str], kind: str) -> str:
-        shown = f"{100 * value:.2f}" if kind in PERCENT else f"{value:.4f}"
-        text = shown if defined(value) else "n/a" + "".join(marks[g] for g in why)
-        return f"{text:>{width + 2}}"
+    def cell(value: float, why: list[str], kind: str, ci=None) -> str:
+        if not defined(value):
+            return "n/a" + "".join(marks[g] for g in why)
+        scale, digits = (100, 2) if kind in PERCENT else (1, 4)
+        return charts.with_ci(scale * value, ci and (scale * ci[0], scale * ci[1]), digits)
 
-    head = f"{'group':<28}" + "".join(f"{n:>{width + 2}}" for n in names)
-    lines = [head, "-" * len(head)]
+    def measured(n: str, g: str, measure: str) -> str:
+        detail = details.get(n, {}).get(g, {})
+        value = detail.get(measure)
+        if value is None or not defined(value):
+            return "n/a"
+        if measure == "plcc" and detail.get("logistic_fit") is False:
+            unfitted.append(g)
+            return f"{value:.4f}*"
+        return f"{value:.4f}"
+
+    rows: list[tuple[str, list[str]] | None] = []  # None: a blank line
     for kind, label in KINDS.items():
         kind_groups = of_kind(groups, kind)
         for g in kind_groups:
-            lines.append(f"{g:<28}" + "".join(cell(scores[n][g], [g], kind) for n in names))
+            rows.append((g, [cell(scores[n][g], [g], kind, charts.interval(details.get(n, {}).get(g))) for n in names]))
+            for measure in MOS_ROWS if kind == "mos" else ():
+                if any(measure in details.get(n, {}).get(g, {}) for n in names):
+                    rows.append((f"  {measure.upper()}", [measured(n, g, measure) for n in names]))
         if kind_groups:
             mean_cells = []
             for n in names:
                 why = [g for g in kind_groups if not defined(scores[n][g])]
                 mean_cells.append(cell(sum(scores[n][g] for g in kind_groups) / len(kind_groups), why, kind))
-            lines.append(f"{'mean ' + label:<28}" + "".join(mean_cells))
-            lines.append("")
+            rows += [(f"mean {label}", mean_cells), None]
+    width = max(12, *(len(n) for n in names), *(len(c) for row in rows if row for c in row[1]))
+    head = f"{'group':<28}" + "".join(f"{n:>{width + 2}}" for n in names)
+    lines = [head, "-" * len(head)]
+    lines += ["" if row is None else f"{row[0]:<28}" + "".join(f"{c:>{width + 2}}" for c in row[1]) for row in rows]
     for g, mark in marks.items():
         lines.append(f"{mark} {g}: {UNDEFINED[judgments.kind_of(g)]} (n/a), and so is a mean over it")
     if of_kind(groups, "mos"):
         lines.append(MOS_NOTE)
+    if unfitted:
+        lines.append(NO_FIT)
+    if bootstrap and any(charts.interval(d) for per in details.values() for d in per.values()):
+        lines.append(
+            f"[low, high]: 95 % bootstrap interval over {bootstrap['resamples']} resamples of each group's items "
+            f"(seed {bootstrap['seed']});\nmeans are plain means of the subset scores"
+        )
     return "\n".join(lines).rstrip()
 
 
@@ -129,7 +167,7 @@ def write_outputs(result: dict, out: Path, overwrite: bool = False) -> list[Path
         "results.csv": lambda tmp: _results_csv(result, tmp),
         "distances.csv": lambda tmp: _distances_csv(result, tmp),
     }
-    writers.update(_charts(result))
+    writers.update(charts.writers(result))
     _remove_stale_stages(out)
     stage = out / f".evaluate.tmp-{os.getpid()}"
     moving = False
@@ -141,7 +179,7 @@ def write_outputs(result: dict, out: Path, overwrite: bool = False) -> list[Path
         moving = True
         for name in writers:
             os.replace(stage / name, out / name)
-        for name in OUTPUT_FILES:
+        for name in EVERY_FILE:
             if name not in writers and os.path.lexists(out / name):
                 os.unlink(out / name)
     except OSError as err:
@@ -198,6 +236,10 @@ def _results_json(result: dict, tmp: Path) -> None:
     }
     if "details" in result:  # kind, n, measure, value; MOS correlations; ci95 when bootstrapped
         document["details"] = {n: {g: _json_ready(d) for g, d in per.items()} for n, per in result["details"].items()}
+    if "bootstrap" in result:  # how the intervals were drawn: {"resamples", "seed"}
+        document["bootstrap"] = result["bootstrap"]
+    if "provenance" in result:  # versions, command line, data and model files with their sha256
+        document["provenance"] = result["provenance"]
     tmp.write_text(json.dumps(document, indent=2, allow_nan=False))
 
 
@@ -213,17 +255,36 @@ def _mean_notes(scores: dict, groups: list[str], avg: dict) -> dict[str, dict[st
 
 
 def _results_csv(result: dict, tmp: Path) -> None:
-    """One row per group, a column per model; an undefined score is empty, with a ``note`` column saying why."""
-    scores = result["scores"]
+    """One row per group and measure, a column per model; an undefined score is empty, a ``note`` column says why.
+
+    A group's score comes first (measure 2afc, jnd_map or srcc); a MOS group's KRCC and PLCC (from
+    the details) follow in rows of their own. A bootstrapped result adds the columns ``<model> ci95
+    low`` and ``<model> ci95 high`` (of each group's score, in its unit: fractions for 2AFC and JND).
+    """
+    scores, details = result["scores"], result.get("details", {})
     why = notes(scores, result["groups"])
+    rows = []
+    for g in result["groups"]:
+        measure = SCORE_NAMES[judgments.kind_of(g)]
+        cells = ["" if not defined(scores[n][g]) else scores[n][g] for n in scores]
+        cis = [charts.interval(details.get(n, {}).get(g)) for n in scores]
+        rows.append([g, measure, cells, cis, "; ".join(sorted({why[n][g] for n in why if g in why[n]}))])
+        for extra in MOS_ROWS if judgments.kind_of(g) == "mos" else ():
+            found = [details.get(n, {}).get(g, {}) for n in scores]
+            if any(extra in d for d in found):
+                values = [d[extra] if defined(d.get(extra, math.nan)) else "" for d in found]
+                unfit = [n for n, d in zip(scores, found) if extra == "plcc" and d.get("logistic_fit") is False]
+                note = f"{', '.join(unfit)}: {NO_FIT.split(': ', 1)[1]}" if unfit else ""
+                rows.append([g, extra, values, [None] * len(found), note])
+    with_ci = any(ci is not None for row in rows for ci in row[3])
+    with_note = any(row[4] for row in rows)
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["group", "measure", *scores, *(["note"] if why else [])])
-        for g in result["groups"]:
-            measure = SCORE_NAMES[judgments.kind_of(g)]
-            cells = ["" if not defined(scores[n][g]) else scores[n][g] for n in scores]
-            note = "; ".join(sorted({why[n][g] for n in why if g in why[n]}))
-            w.writerow([g, measure, *cells, *([note] if why else [])])
+        ci_head = [f"{n} ci95 {end}" for n in scores for end in ("low", "high")] if with_ci else []
+        w.writerow(["group", "measure", *scores, *ci_head, *(["note"] if with_note else [])])
+        for g, measure, cells, cis, note in rows:
+            ci_cells = [v for ci in cis for v in (ci or ("", ""))] if with_ci else []
+            w.writerow([g, measure, *cells, *ci_cells, *([note] if with_note else [])])
 
 
 def _distances_csv(result: dict, tmp: Path) -> None:
@@ -236,62 +297,3 @@ def _distances_csv(result: dict, tmp: Path) -> None:
                 second = it.get("d1", [None] * len(first))
                 for i, (a, b, t) in enumerate(zip(first, second, it["target"])):
                     w.writerow([n, g, i, f"{a:.8g}", "" if b is None else f"{b:.8g}", f"{t:.6g}"])
-
-
-def _charts(result: dict) -> dict[str, Callable[[Path], None]]:
-    """{file name: writer} for the 2AFC bar chart and the JND precision-recall curves (each drawn when written)."""
-    writers: dict[str, Callable[[Path], None]] = {}
-    groups = result["groups"]
-    if of_kind(groups, "2afc"):
-        writers["2afc_by_subset.png"] = lambda tmp: _save(_afc_chart, result, tmp)
-    if of_kind(groups, "jnd"):
-        writers["jnd_precision_recall.png"] = lambda tmp: _save(_jnd_chart, result, tmp)
-    return writers
-
-
-def _save(draw: Callable, result: dict, tmp: Path) -> None:
-    """Draw a chart of `result` and save it as PNG at `tmp`; the figure is closed whatever happens."""
-    import matplotlib  # heavy, and only `evaluate --out` draws: imported when a chart is made
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = draw(plt, result)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-
-
-def _afc_chart(plt, result: dict):
-    """Bars of each model's 2AFC score per subset, with the chance line (an undefined score has no bar)."""
-    scores, afc = result["scores"], of_kind(result["groups"], "2afc")
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(afc) * len(scores) ** 0.5), 4))
-    width = 0.8 / len(scores)
-    for i, n in enumerate(scores):
-        ax.bar(np.arange(len(afc)) + i * width, [100 * scores[n][g] for g in afc], width, label=n)
-    ax.set_xticks(np.arange(len(afc)) + 0.4 - width / 2, [g.split("/", 1)[1] for g in afc], rotation=30, ha="right")
-    ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_ylabel("2AFC score (%)")
-    ax.set_ylim(40, 100)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
-
-
-def _jnd_chart(plt, result: dict):
-    """Each JND group's precision-recall curves, one per model (none where no pair was judged the same)."""
-    scores, jnd = result["scores"], of_kind(result["groups"], "jnd")
-    fig, axes = plt.subplots(1, len(jnd), figsize=(4.5 * len(jnd), 4), squeeze=False)
-    for ax, g in zip(axes[0], jnd):
-        for n, per_group in result["items"].items():
-            it = per_group[g]
-            precision, recall = jnd_precision_recall(torch.from_numpy(it["d"]), torch.from_numpy(it["target"]))
-            score = f"{100 * scores[n][g]:.1f}" if defined(scores[n][g]) else "n/a"
-            ax.plot(recall.numpy(), precision.numpy(), label=f"{n} (mAP {score})")
-        ax.set_title(g if all(defined(scores[n][g]) for n in scores) else f"{g}\n{UNDEFINED['jnd']}")
-        ax.set_xlabel("recall")
-        ax.set_ylabel("precision")
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    return fig

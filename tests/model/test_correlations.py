@@ -8,7 +8,7 @@ import torch
 from scipy.stats import kendalltau, pearsonr, spearmanr
 
 from lpips_lightning.model.correlations import bootstrap_ci, correlations, fit_logistic, logistic4, srcc
-from lpips_lightning.model.metrics import score_subset
+from lpips_lightning.model.metrics import score_subset, subset_metric
 
 
 def _noisy(n=40, seed=0):
@@ -49,3 +49,33 @@ def test_the_bootstrap_is_seeded_and_holds_the_estimate():
     assert first == bootstrap_ci(score, {"d": d, "mos": mos}, 200, seed=3)
     assert first != bootstrap_ci(score, {"d": d, "mos": mos}, 200, seed=4)
     assert first[0] <= score(d, mos) <= first[1]
+
+
+def test_every_measure_of_a_mos_metric_equals_correlations_and_a_nan_distance_gives_nan():
+    d, mos = _noisy(seed=5)
+    metric = subset_metric("mos", higher_is_better=False, every_measure=True)
+    for piece in (slice(0, 13), slice(13, None)):
+        metric.update(torch.from_numpy(d[piece]), torch.from_numpy(mos[piece]))
+    got = {k: float(v) for k, v in metric.compute().items()}
+    expected = correlations(d, mos, higher_is_better=False)
+    assert got == pytest.approx({k: expected[k] for k in ("srcc", "krcc", "plcc")}, abs=1e-12)
+    assert got["srcc"] == pytest.approx(spearmanr(d, mos).statistic, abs=1e-12)  # DMOS: not negated
+    broken = subset_metric("mos", every_measure=True)
+    broken.update(torch.tensor([0.1, float("nan"), 0.3]), torch.tensor([1.0, 2.0, 3.0]))
+    assert all(np.isnan(float(v)) for v in broken.compute().values())
+
+
+@pytest.mark.parametrize("kind", ["2afc", "jnd"])
+def test_the_bootstrap_of_2afc_and_jnd_resamples_their_items(kind):
+    rng = np.random.default_rng(7)
+    n = 40
+    arrays = {"d0": rng.random(n), "target": (rng.random(n) < 0.5).astype(np.float64)}
+    if kind == "2afc":
+        arrays["d1"] = arrays["d0"] + rng.normal(0.1, 0.3, n) * (1 - 2 * arrays["target"])
+
+    def score(target, **d):
+        return score_subset(kind, [torch.from_numpy(v) for v in d.values()], torch.from_numpy(target))
+
+    low, high = bootstrap_ci(score, arrays, 100, seed=0)
+    assert low <= score(**arrays) <= high and low < high
+    assert (low, high) == bootstrap_ci(score, arrays, 100, seed=0)

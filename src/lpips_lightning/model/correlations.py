@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.special import expit
-from scipy.stats import kendalltau, pearsonr, spearmanr
+from scipy.stats import ConstantInputWarning, kendalltau, pearsonr, spearmanr
 
 MEASURES = ("srcc", "krcc", "plcc")
 
@@ -88,14 +88,17 @@ def bootstrap_ci(score, arrays: dict[str, np.ndarray], resamples: int, seed: int
     """95 % percentile interval of `score(**arrays)` over `resamples` resamples of the items (with replacement).
 
     `arrays` hold one value per item (all of one length); the generator is seeded by `seed`, so
-    the interval is reproducible. Resamples whose score is undefined (NaN) are left out.
+    the interval is reproducible. Resamples whose score is undefined (NaN: a resample of one
+    repeated item has no rank correlation) are left out, without scipy's warning about them.
     """
     n = len(next(iter(arrays.values())))
     rng = np.random.default_rng(seed)
     values = []
-    for _ in range(resamples):
-        pick = rng.integers(0, n, n)
-        values.append(score(**{k: v[pick] for k, v in arrays.items()}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        for _ in range(resamples):
+            pick = rng.integers(0, n, n)
+            values.append(score(**{k: v[pick] for k, v in arrays.items()}))
     values = np.asarray(values, np.float64)
     values = values[np.isfinite(values)]
     if not len(values):

@@ -17,7 +17,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from ..errors import check_choice
-from .correlations import srcc
+from .correlations import MEASURES, correlations, srcc
 
 KINDS = ("2afc", "jnd", "mos")
 SCORE_NAMES = {
@@ -165,16 +165,41 @@ class MOSRankCorrelation(Metric):
         return torch.tensor(srcc(d, s, self.scores_higher_is_better), dtype=torch.float64)
 
 
-def subset_metric(kind: str, higher_is_better: bool = True) -> TwoAFCScore | JNDAveragePrecision | MOSRankCorrelation:
+class MOSCorrelations(MOSRankCorrelation):
+    """SRCC, KRCC and PLCC (after the 4-parameter logistic fit) of distances with opinion scores, signed.
+
+    ``compute()`` gives ``{"srcc", "krcc", "plcc"}`` (float64 tensors; NaN where a distance is NaN).
+
+    Example:
+        >>> import torch
+        >>> m = MOSCorrelations()
+        >>> m.update(torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([4.0, 3.5, 1.0, 2.0]))
+        >>> {k: round(v.item(), 4) for k, v in m.compute().items() if k != "plcc"}
+        {'srcc': 0.8, 'krcc': 0.6667}
+    """
+
+    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        d, s = dim_zero_cat(self.distances).cpu().numpy(), dim_zero_cat(self.scores).cpu().numpy()
+        if not len(d) or (d != d).any():
+            found = dict.fromkeys(MEASURES, float("nan"))
+        else:
+            found = correlations(d, s, self.scores_higher_is_better)
+        return {m: torch.tensor(float(found[m]), dtype=torch.float64) for m in MEASURES}
+
+
+def subset_metric(
+    kind: str, higher_is_better: bool = True, every_measure: bool = False
+) -> TwoAFCScore | JNDAveragePrecision | MOSRankCorrelation:
     """The metric of one subset of `kind`: ``update(*distances, target)``, then ``compute()``.
 
     ``2afc``: distances (d0, d1), target the fraction of observers who preferred p1; ``jnd``:
     distances (d,), target the fraction who answered "same"; ``mos``: distances (d,) of (ref,
-    dist), target the opinion scores, `higher_is_better` False for DMOS.
+    dist), target the opinion scores, `higher_is_better` False for DMOS; its ``compute()`` gives
+    the SRCC, or with `every_measure` {"srcc", "krcc", "plcc"} (`MOSCorrelations`).
     """
     check_choice("subset kind", kind, KINDS)
     if kind == "mos":
-        return MOSRankCorrelation(higher_is_better)
+        return MOSCorrelations(higher_is_better) if every_measure else MOSRankCorrelation(higher_is_better)
     return TwoAFCScore() if kind == "2afc" else JNDAveragePrecision()
 
 

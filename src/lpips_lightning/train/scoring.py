@@ -2,7 +2,10 @@
 
 Each group is scored by its kind's metric (`model.metrics.subset_metric`: 2AFC score, JND mAP,
 SRCC against MOS, exact under DDP); each is logged as ``<stage>/2afc/<name>``,
-``<stage>/jnd_map/<name>`` or ``<stage>/srcc/<name>``, with the mean of each kind.
+``<stage>/jnd_map/<name>`` or ``<stage>/srcc/<name>``, with the mean of each kind
+(``<stage>/srcc/mean`` for MOS groups). A MOS group also logs ``<stage>/krcc/<name>`` and
+``<stage>/plcc/<name>`` (after the 4-parameter logistic fit): one fit per group and validation,
+on the distances validation gathered anyway.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ def mos_directions(datamodule, groups: list[str]) -> dict[str, bool]:
     mos = [g for g in groups if judgments.kind_of(g) == "mos"]
     if not mos:
         return {}
+    if hasattr(datamodule, "higher_is_better"):  # held-out subsets (val_fraction) are not groups of the file
+        return {g: datamodule.higher_is_better(g) for g in mos}
     with judgments.open_file(datamodule.file) as f:
         return {g: judgments.higher_is_better(f, g) for g in mos}
 
@@ -43,7 +48,9 @@ class SubsetScores(nn.Module):
         """The stage's groups; `higher_is_better`: MOS groups' direction (False for DMOS; default True)."""
         better = higher_is_better or {}
         self.groups[stage] = list(groups)
-        self.metrics[stage] = nn.ModuleList(subset_metric(judgments.kind_of(g), better.get(g, True)) for g in groups)
+        self.metrics[stage] = nn.ModuleList(
+            subset_metric(judgments.kind_of(g), better.get(g, True), every_measure=True) for g in groups
+        )
 
     def update(self, stage: str, index: int, distances: tuple[torch.Tensor, ...], target: torch.Tensor) -> None:
         """Add one batch of group `index`: (d0, d1) and judgments (2AFC); (d,) and "same" fractions (JND) or scores."""
@@ -57,7 +64,9 @@ class SubsetScores(nn.Module):
             if metric.update_count == 0:  # e.g. a sanity check that did not reach this loader
                 continue
             key = SCORE_NAMES[judgments.kind_of(group)]
-            values[f"{stage}/{key}/{name}"] = metric.compute().float()
+            found = metric.compute()  # a MOS group's: {"srcc", "krcc", "plcc"}
+            for measure, value in (found if isinstance(found, dict) else {key: found}).items():
+                values[f"{stage}/{measure}/{name}"] = value.float()
             metric.reset()
             means[key].append(float(values[f"{stage}/{key}/{name}"]))
         return values, {f"{stage}/{key}/mean": sum(v) / len(v) for key, v in means.items() if v}
