@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one device call (about 5 minutes on one H100 or H200):
-#   run(command="bash bench/gpu_all.sh", carry=[".whl"], timeout_s=420)
+# Every GPU check and benchmark in one device call (about 7 minutes on one H100 or H200):
+#   run(command="bash bench/gpu_all.sh", carry=[".whl"], timeout_s=570)
 # 1. tests/test_gpu.py: the captured step against the eager one, resume, NaN watch, fallbacks;
 # 2. the plain-PyTorch floor (../shared/bench/step_floor.py, or a copy in .whl/) eager and as one graph;
 # 3. the project's matrix (bench/throughput.py --matrix), each row as a ratio to the floor, same call,
 #    and lin batch 50 over resnet50 and a ViT-S (timm's DINOv2) beside alex;
-# 4. the full lin recipe with the feature cache (151,000 triplets x 10 epochs).
+# 4. the full lin recipe with the feature cache (151,000 triplets x 10 epochs);
+# 5. an embedding metric (DreamSim-style, ViT-B/16, LoRA) against a plain DreamSim-style Lightning loop.
 # The device's python3 lacks jsonargparse, docstring-parser, typeshed-client and importlib-resources:
 # their pure-Python wheels travel in .whl/ (see the device README). W&B is disabled.
 set -uo pipefail
@@ -39,6 +40,11 @@ timeout 100 python3 bench/throughput.py --variant lin --backbone alex torchvisio
 echo "== 4. lin recipe"
 timeout 60 python3 bench/throughput.py --lin-recipe 151000 --precision bf16-mixed 2>&1 | grep recipe \
   | tee "$OUT/recipe.txt"
+
+echo "== 5. embedding metric vs a plain DreamSim-style loop (ViT-B/16, LoRA 16, batch 16, 224 px; ours bf16)"
+timeout 150 python3 bench/embedding_throughput.py --device cuda --model vit_base_patch16_224.dino --img-size 224 \
+  --depth 12 --source-size 256 --n 1024 --steps 30 --warmup 5 --workers 4 --precision bf16-mixed 2>&1 \
+  | grep -E "triplets/s=|ratio|capture:" | tee "$OUT/embedding.txt"
 
 echo "== ratios to the floor (same call)"
 python3 - "$OUT/floor.txt" "$OUT/matrix.txt" <<'EOF'

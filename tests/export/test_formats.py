@@ -61,12 +61,17 @@ def test_reference_is_the_lpips_package(lin, reference):
         torch.testing.assert_close(reference(u0, u1), pkg(x0, x1).flatten(), rtol=1e-5, atol=1e-7)
 
 
-def test_model_from_checkpoint_needs_no_imagenet_and_is_the_trained_metric(lin, reference, tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+def test_model_from_checkpoint_is_the_trained_metric_and_names_its_missing_backbone_file(
+    lin, reference, tmp_path, monkeypatch
+):
     rebuilt, hp, _ = model_from_checkpoint(lin[".ckpt"])
     x0, x1 = _images()
     torch.testing.assert_close(rebuilt(x0, x1), lin.model(x0, x1))
     torch.testing.assert_close(reference(x0, x1), lin.model(x0, x1))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # a lin checkpoint names its backbone file
+    with pytest.raises(WeightsError, match=r"rebuilt from alexnet-owt-.*missing"):
+        model_from_checkpoint(lin[".ckpt"])
+    torch.testing.assert_close(load(lin[".safetensors"])(x0, x1), lin.model(x0, x1))  # exports need no file
 
 
 def test_read_checkpoint_of_the_real_thing(lin):

@@ -126,7 +126,12 @@ def display_name(spec: dict) -> str:
 
 
 def short_name(backbone: BackboneArg) -> str:
-    """A short name fit for a folder: ``alex``, ``resnet50``, ``vit_small_patch14_dinov2``, ``LatentEncoder``."""
+    """A short name fit for a folder: ``alex``, ``resnet50``, ``vit_small_patch14_dinov2``, ``LatentEncoder``.
+
+    An ensemble (a list of specs) joins its members' names.
+    """
+    if isinstance(backbone, (list, tuple)):
+        return "_".join(short_name(b) for b in backbone) or "backbone"
     if isinstance(backbone, nn.Module):
         return type(backbone).__name__
     if isinstance(backbone, dict) and backbone.get("class_path"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -126,6 +127,8 @@ def write(model: LPIPS, hp: dict, meta: dict[str, str], tmp: Path, out: Path, si
     size = example_size(model, size)
     smallest = max(SMALLEST_DYNAMIC_SIZE, model.min_size)
     meta = {**meta, "min_size": str(smallest)}
+    # the export is silent for a while: say so on stderr (stdout stays for the loading line)
+    print(f"exporting {out.name} to ONNX (this takes 20-50 s) ...", file=sys.stderr, flush=True)
     try:
         _program(model, size, dynamic=True, min_size=smallest).save(str(tmp), external_data=False)
         dynamic = _runs_right(tmp, model, size)

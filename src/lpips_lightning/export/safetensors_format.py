@@ -18,7 +18,9 @@ from ..weights import read_safetensors, strict_load
 from .metadata import facts_of
 
 
-def write(model: LPIPS | EmbeddingDistance, hp: dict, meta: dict[str, str], tmp: Path, out: Path, size: int | None = None) -> str:
+def write(
+    model: LPIPS | EmbeddingDistance, hp: dict, meta: dict[str, str], tmp: Path, out: Path, size: int | None = None
+) -> str:
     """Write `model`'s state dict and `meta` to `tmp`; return how to load `out`."""
     # as `weights.write_safetensors`, but into memory and written by Python: a full disk is an OSError
     tmp.write_bytes(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, metadata=meta))

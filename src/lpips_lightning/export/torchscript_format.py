@@ -135,7 +135,10 @@ def read(path: Path) -> TorchScriptMetric:
     extra = {METADATA_FILE: ""}
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+            # torch 2.9+ marks torch.jit.load deprecated (a FutureWarning on every load) in favour of
+            # torch.export; a TorchScript export is still what C++ and other tools load: silence that
+            # notice only, so that any other warning of the load still shows
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as err:
         raise ExportError(
