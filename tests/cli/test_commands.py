@@ -42,8 +42,21 @@ PARSED = [
     ("pack", ["src", "o.h5"], {"source": "src", "out": "o.h5", **PACK}),
     (
         "pack",
-        ["src", "o.h5", "--size", "32", "--workers", "2", "--group", "2afc/train/x", "--overwrite", "--quiet",
-         "--lower-is-better", "--min-votes", "3"],
+        [
+            "src",
+            "o.h5",
+            "--size",
+            "32",
+            "--workers",
+            "2",
+            "--group",
+            "2afc/train/x",
+            "--overwrite",
+            "--quiet",
+            "--lower-is-better",
+            "--min-votes",
+            "3",
+        ],
         {
             "lower_is_better": True,
             "min_votes": 3,

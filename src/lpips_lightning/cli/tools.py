@@ -212,14 +212,14 @@ def evaluate_command(
         overwrite: replace results already in --out
         batch_size: items per batch (default 64)
         device: cpu, cuda or cuda:N (default: cuda when available)
-        quiet: no progress bar
+        quiet: no progress bar and no line per model
         trust_code: build custom backbones that model files name (runs their code)
         reference: paper: also print the paper's Table 5 (2AFC per BAPPS subset, in percent) beside these scores
-        bootstrap: resamples of each group's items for a 95 percent interval of every score (in results.json; 0: none)
+        bootstrap: resamples of each group's items for a 95 percent interval of every score (table, results; 0: none)
         seed: the bootstrap's random seed (the same seed gives the same intervals)
     """
     from ..evaluate import evaluate, pick_device, resolve_model
-    from ..report import OUTPUT_FILES, table, write_outputs
+    from ..report import EVERY_FILE, table, write_outputs
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -229,15 +229,17 @@ def evaluate_command(
         check_choice("--reference", reference, ["paper"])
     folder = Path(out) if out else None
     if folder is not None:
-        _check_out(folder, overwrite, [data, *(m for m in models if Path(m).exists())], OUTPUT_FILES)
+        _check_out(folder, overwrite, [data, *(m for m in models if Path(m).exists())], EVERY_FILE)
     # a refusal or an interrupt leaves no empty --out folder behind
     with removed_if_unused(folder) if folder is not None else contextlib.nullcontext():
         if folder is not None:
             _make_out(folder)
         pick_device(device)  # before any model is loaded
         scored = {_label(spec, models): resolve_model(spec, trust_code) for spec in models}
-        result = evaluate(scored, data, groups, batch_size, device, progress=not quiet, bootstrap=bootstrap, seed=seed)
-        print(table(result["scores"], result["groups"]))
+        result = evaluate(
+            scored, data, groups, batch_size, device, progress=not quiet, bootstrap=bootstrap, seed=seed, sources=models
+        )
+        print(table(result["scores"], result["groups"], result["details"], result.get("bootstrap")))
         if reference == "paper":
             try:
                 print("\n" + paper.beside(result["scores"], result["groups"]))

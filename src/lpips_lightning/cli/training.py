@@ -62,7 +62,7 @@ class LPIPSCLI(LightningCLI):
             args=None if self.argv == sys.argv[1:] else self.argv,
             run=run,
             save_config_callback=SaveConfig,
-            save_config_kwargs={"overwrite": True},
+            save_config_kwargs={"overwrite": True, "argv": ["lpips-lightning", *self.argv]},
             seed_everything_default=0,
             auto_configure_optimizers=False,
             parser_kwargs={"default_env": False},
@@ -110,6 +110,27 @@ class LPIPSCLI(LightningCLI):
             name = f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if subcommand in ("validate", "test"):  # Lightning's table repeats each score under every DataLoader
+            self._scores_table = kwargs.get("verbose", True)
+            kwargs["verbose"] = False
+        return kwargs
+
+    def after_validate(self) -> None:
+        self._print_scores("val")
+
+    def after_test(self) -> None:
+        self._print_scores("test")
+
+    def _print_scores(self, stage: str) -> None:
+        """Each score of a validate/test once (the subsets' and the means), on rank 0."""
+        scores = getattr(self.model, "scores", {}).get(stage)
+        if not getattr(self, "_scores_table", False) or not scores or not self.trainer.is_global_zero:
+            return
+        width = max(len(k) for k in scores) + 2
+        print("\n".join([f"{'score':<{width}}value", *(f"{k:<{width}}{v:.6f}" for k, v in scores.items())]))
+
     def _check_data(self, model, data) -> None:
         """Refuse, before a run folder is made, images too small for the backbone and a fit without validation."""
         if getattr(data, "path", None) is None:  # the demo set is built later, by prepare_data
@@ -119,7 +140,8 @@ class LPIPSCLI(LightningCLI):
         if self.subcommand == "fit" and hasattr(data, "groups") and not data.groups("val"):
             raise ConfigError(
                 f"{data.file}: no validation groups (data.val {data.val_patterns}); fit scores each epoch on "
-                "held-out judgments to keep the best checkpoint: pack some into a 2afc/val/<name> group"
+                "held-out judgments to keep the best checkpoint: pack some into a 2afc/val/<name> group, "
+                "or hold out a share of the training items with --data.val_fraction 0.1"
             )
 
     def _callbacks(self, config, run_dir: Path, given: list, check_only: bool, logged: bool) -> list:

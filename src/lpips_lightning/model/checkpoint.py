@@ -12,6 +12,7 @@ import os
 from ..backbones.custom import require_trusted
 from ..errors import ExportError, WeightsError
 from ..weights import load_torch_file, strict_load
+from .backbone_file import BACKBONE_WEIGHTS_KEY, rebuilt_backbone
 from .embedding import EmbeddingDistance
 from .lpips import LPIPS
 
@@ -33,8 +34,9 @@ def checkpoint_parts(ckpt: object, path: str | os.PathLike) -> tuple[dict, dict,
     """(hyperparameters, LPIPS state dict, extra info) of a loaded checkpoint; `ExportError` for anything else.
 
     Extra info: ``scores`` (the best validation score a checkpoint callback kept), ``epoch``,
-    ``global_step``, ``logged_step`` (where a resumed run's metrics.csv is cut) and ``backbone``
-    (the resolved backbone spec the run saved, or None).
+    ``global_step``, ``logged_step`` (where a resumed run's metrics.csv is cut), ``backbone``
+    (the resolved backbone spec the run saved, or None) and ``weights`` (a ``lin`` checkpoint's
+    frozen backbone file, whose tensors it does not hold: `backbone_file.weights_record`, or None).
     """
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
@@ -55,6 +57,7 @@ def checkpoint_parts(ckpt: object, path: str | os.PathLike) -> tuple[dict, dict,
         "global_step": ckpt.get("global_step"),
         "logged_step": logged_step(ckpt),
         "backbone": backbone if isinstance(backbone, dict) else None,
+        "weights": ckpt.get(BACKBONE_WEIGHTS_KEY) if isinstance(ckpt.get(BACKBONE_WEIGHTS_KEY), dict) else None,
     }
     return dict(hp), weights, info
 
@@ -83,15 +86,24 @@ def model_from_parts(
             model.net.merge_lora()
         return model.eval()
     require_trusted(resolved or hp["backbone"], trust_code, source)
-    model = LPIPS(
-        resolved or hp["backbone"],
-        hp.get("version", "0.1"),
-        pretrained=False,
-        heads="random",
-        taps=None if resolved else hp.get("taps"),
-        backbone_args=None if resolved else hp.get("backbone_args"),
-        lora_rank=int(hp.get("lora_rank") or 0),
-    )
+
+    def build(pretrained: bool = False, backbone_weights: str | None = None) -> LPIPS:
+        return LPIPS(
+            resolved or hp["backbone"],
+            hp.get("version", "0.1"),
+            pretrained=pretrained,
+            backbone_weights=backbone_weights,
+            heads="random",
+            taps=None if resolved else hp.get("taps"),
+            backbone_args=None if resolved else hp.get("backbone_args"),
+            lora_rank=int(hp.get("lora_rank") or 0),
+        )
+
+    if info.get("weights") and resolved:  # a lin checkpoint: its frozen backbone rebuilt from its checked file
+        model = rebuilt_backbone(info["weights"], resolved, build, source)
+        weights = {**{f"net.{k}": v for k, v in model.net.state_dict().items()}, **weights}
+    else:
+        model = build()
     strict_load(model, weights, source)
     if model.net.lora_rank:
         model.net.merge_lora()

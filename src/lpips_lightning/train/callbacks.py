@@ -20,12 +20,20 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from ..data.judgments import kind_of
+from ..model.backbone_file import backbone_files
 from ..outputs import atomic_output
+from ..provenance import provenance, write_provenance
 from .cadence import logged_step, wandb_offline
+
+COLORS = {"2afc": "#4c72b0", "jnd": "#dd8452", "srcc": "#55a868"}  # the chart's bar colour per kind of score
 
 
 def subset_chart(scores: dict[str, float], title: str):
-    """A horizontal bar chart of per-subset scores (2AFC and JND mAP), with the 0.5 chance line."""
+    """A horizontal bar chart of per-subset scores (2AFC, JND mAP, SRCC), with the 0.5 chance line of 2AFC.
+
+    `scores`: ``{"2afc/<name>" | "jnd/<name>" | "srcc/<name>": value}``; SRCC can be negative (a
+    metric that ranks backwards), and the axis then reaches below 0.
+    """
     import matplotlib  # heavy (half a second): only a run that draws its chart needs it
 
     matplotlib.use("Agg")
@@ -33,14 +41,16 @@ def subset_chart(scores: dict[str, float], title: str):
 
     names = list(scores)
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.5))
-    colors = ["#4c72b0" if n.startswith("2afc") else "#dd8452" for n in names]
+    colors = [COLORS.get(n.split("/", 1)[0], "grey") for n in names]
     ax.barh(names, [scores[n] for n in names], color=colors)
     for i, n in enumerate(names):
         ax.text(scores[n], i, f" {scores[n]:.3f}", va="center")
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.text(0.5, -0.6, " chance (2AFC)", color="grey", fontsize="small", va="bottom")
-    ax.set_xlim(0, 1.15)
-    ax.set_xlabel("2AFC score / JND mAP (fraction)")
+    low = min(0.0, *(scores[n] for n in names))
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlim(low - (0.25 if low < 0 else 0), 1.15)
+    ax.set_xlabel("2AFC score / JND mAP (fraction) / SRCC")
     ax.invert_yaxis()
     ax.set_title(title)
     fig.tight_layout()
@@ -54,7 +64,7 @@ def _figure_array(fig):
 
 
 class SubsetChart(Callback):
-    """At each validation end: a per-subset chart (2AFC and JND mAP) as PNG in the run folder and in W&B.
+    """At each validation end: a per-subset chart (2AFC, JND mAP, SRCC) as PNG in the run folder and in W&B.
 
     The file on disk shows the latest epoch; W&B keeps one image per epoch (the pixels are
     logged, not the file, which the next epoch replaces).
@@ -73,7 +83,7 @@ class SubsetChart(Callback):
         shown = {
             k.split("/", 1)[1].replace("jnd_map/", "jnd/"): v
             for k, v in scores.items()
-            if k.startswith(("val/2afc/", "val/jnd_map/"))
+            if k.startswith(("val/2afc/", "val/jnd_map/", "val/srcc/"))
         }
         if not shown:
             return
@@ -96,19 +106,46 @@ class SubsetChart(Callback):
 
 
 class SaveConfig(SaveConfigCallback):
-    """Save the resolved config in the run folder (LightningCLI's default) and in the W&B run config."""
+    """Save the resolved config in the run folder (LightningCLI's default) and in the W&B run config.
+
+    `argv`: the command line as the user typed it (for ``provenance.json``; default: this process's).
+    """
+
+    def __init__(self, *args, argv: list[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.argv = argv
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.save_provenance(trainer, pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update({"config": self.config.as_dict()}, allow_val_change=True)
 
+    def save_provenance(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path:
+        """Write ``provenance.json`` beside ``config.yaml`` (a resumption's beside its own config file).
 
-MONITORS = {"2afc": ("val/2afc/mean", "2afc"), "jnd": ("val/jnd_map/mean", "jndmap")}  # score, in file names
+        Where the run comes from: versions, the command line, its data and model files hashed (`provenance`).
+        """
+        data = getattr(trainer.datamodule, "file", None)
+        # the checkpoint given (restored after this hook runs: not yet in trainer.ckpt_path)
+        ckpt = trainer.ckpt_path or (self.config.get("ckpt_path") if self.config is not None else None)
+        models = [str(m) for m in (ckpt, *backbone_files(pl_module)) if m]
+        name = Path(self.config_filename).stem.replace("config", "provenance", 1) + ".json"
+        # the folder of config.yaml (Trainer.log_dir's choice) without its broadcast: this runs on rank 0 only
+        logger = trainer.loggers[0] if getattr(trainer, "loggers", None) else None
+        folder = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or trainer.default_root_dir
+        return write_provenance(Path(folder) / name, provenance(data, models, self.argv))
+
+
+MONITORS = {  # score, in file names
+    "2afc": ("val/2afc/mean", "2afc"),
+    "jnd": ("val/jnd_map/mean", "jndmap"),
+    "mos": ("val/srcc/mean", "srcc"),
+}
 
 
 class BestCheckpoint(ModelCheckpoint):
-    """The best checkpoint by ``val/2afc/mean``, or by ``val/jnd_map/mean`` when no validation group is 2AFC.
+    """The best checkpoint by ``val/2afc/mean``; by ``val/jnd_map/mean`` without 2AFC groups, else ``val/srcc/mean``.
 
     The monitor follows the data module's validation groups, chosen at setup (before a resumed
     run's checkpoint state is restored): a fit validated on JND groups only keeps its best epoch
@@ -127,7 +164,9 @@ class BestCheckpoint(ModelCheckpoint):
         groups = getattr(trainer.datamodule, "groups", None)
         if stage == "fit" and callable(groups):
             kinds = {kind_of(g) for g in groups("val")}
-            self._name_for(MONITORS["jnd"] if kinds == {"jnd"} else MONITORS["2afc"])
+            # 2AFC first (the paper's measure), then JND mAP, then SRCC: a score the validation logs
+            first = "2afc" if "2afc" in kinds or not kinds else ("jnd" if "jnd" in kinds else "mos")
+            self._name_for(MONITORS[first])
         super().setup(trainer, pl_module, stage)
 
     @property

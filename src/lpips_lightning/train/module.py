@@ -14,6 +14,7 @@ from torch import nn
 
 from ..backbones.fast import BackbonePass, FrozenCopy
 from ..data.dataset import epoch_seed
+from ..model.backbone_file import BACKBONE_WEIGHTS_KEY, drop_backbone, fill_backbone, weights_record
 from ..model.checkpoint import CHECKPOINT_BACKBONE_KEY
 from ..model.embedding import EmbeddingDistance
 from ..model.heads import make_head
@@ -182,10 +183,19 @@ class LPIPSModule(LightningModule):
         prepack = self.frozen.prepack if self.frozen is not None else self.prepack
         if prepack is not None:  # resuming takes the same backbone copy: the run continues exactly
             checkpoint[PREPACK_KEY] = prepack
+        record = weights_record(self.variant, self.lpips, self.hparams)
+        if record is not None:  # lin: the frozen backbone named by its weights file, not stored
+            checkpoint[BACKBONE_WEIGHTS_KEY] = record
+            drop_backbone(checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.prepack = checkpoint.get(PREPACK_KEY)
         manual_step_counts(checkpoint)
+        record = checkpoint.get(BACKBONE_WEIGHTS_KEY)
+        if isinstance(record, dict) and isinstance(checkpoint.get("state_dict"), dict):
+            source = str(getattr(attached_trainer(self), "ckpt_path", None) or "the checkpoint")
+            own = weights_record(self.variant, self.lpips, self.hparams)  # this module's backbone file
+            fill_backbone(checkpoint["state_dict"], self.state_dict(), record, own, source)
 
     def on_fit_start(self) -> None:
         trainer, data = self.trainer, self.trainer.datamodule

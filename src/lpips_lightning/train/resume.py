@@ -9,16 +9,74 @@ goes, not what it trains (`RUNTIME_OPTIONS`), may change.
 from __future__ import annotations
 
 import inspect
+import json
+import os
 from pathlib import Path
 
 import yaml
 
+from ..backbones.specs import short_name
 from ..errors import ConfigError
 from ..model.checkpoint import read_checkpoint
 from .module import LPIPSModule
 
 # options that change how fast a run goes, not what it trains: a resumed run may change them
 RUNTIME_OPTIONS = ("compile", "channels_last")
+LISTED = 8  # runs named in the line of a `--ckpt_path last` that finds none to resume
+
+
+def run_configuration(folder: Path) -> dict | None:
+    """A run folder's variant, backbone and data file (from the ``config.yaml`` it started with), or None."""
+    try:
+        data = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    dm = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or not isinstance(dm, dict):
+        return None
+    model, dm = model.get("init_args", model), dm.get("init_args", dm)
+    return {"variant": model.get("variant", "lin"), "backbone": model.get("backbone", "alex"), "data": dm.get("path")}
+
+
+def _key(configuration: dict) -> tuple[str, str, str]:
+    backbone = configuration["backbone"]
+    backbone = backbone if isinstance(backbone, str) else json.dumps(backbone, sort_keys=True, default=str)
+    data = str(configuration["data"] or "demo")
+    return str(configuration["variant"]), backbone, os.path.realpath(data) if data != "demo" else data
+
+
+def _words(configuration: dict) -> str:
+    return f"{configuration['variant']}, {short_name(configuration['backbone'])}, {configuration['data'] or 'demo'}"
+
+
+def _described(name: str, configuration: dict | None) -> str:
+    return f"{name} ({_words(configuration) if configuration is not None else 'no readable config.yaml'})"
+
+
+def last_of_configuration(runs_dir: Path, config) -> tuple[str, str]:
+    """(run name, a note) of the newest run under `runs_dir` with a ``last.ckpt`` and `config`'s configuration.
+
+    The configuration: the model's variant and backbone and the data file (`run_configuration`).
+    The note says how many other runs of it there are; when none has it, one line lists the runs.
+    """
+    lasts = sorted(runs_dir.glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not lasts:
+        raise ConfigError(f"--ckpt_path last: no run in {runs_dir}/ has a last.ckpt")
+    wanted = {"variant": config.model.variant, "backbone": config.model.backbone, "data": config.data.get("path")}
+    found = {last.parent.name: run_configuration(last.parent) for last in lasts}
+    matching = [name for name, c in found.items() if c is not None and _key(c) == _key(wanted)]
+    if not matching:
+        listed = [_described(name, c) for name, c in found.items()]
+        more = f" and {len(listed) - LISTED} more" if len(listed) > LISTED else ""
+        raise ConfigError(
+            f"--ckpt_path last: no run in {runs_dir}/ has this fit's variant, backbone and data ({_words(wanted)}); "
+            "runs there: "
+            f"{', '.join(listed[:LISTED])}{more}; name the one to resume with --run_name NAME"
+        )
+    others = len(matching) - 1
+    note = f" (the newest of {others + 1} runs of this configuration; --run_name picks another)" if others else ""
+    return matching[0], note
 
 
 def check_checkpoint(ckpt: str) -> tuple[dict, dict]:

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from ..backbones.specs import short_name
 from ..errors import ConfigError, LPIPSLightningError
+from ..provenance import PROVENANCE_FILE
 from .claims import CLAIM, check_writable, claim_alive, claim_pid, take_claim
-from .resume import check_checkpoint, refuse_conflicts
+from .resume import check_checkpoint, last_of_configuration, refuse_conflicts
 
 _INHERITED = "LPIPS_LIGHTNING_RUN_DIR"  # set by the rank-0 process for Lightning's DDP children
 
@@ -57,12 +58,6 @@ def _launcher_id() -> str | None:
         if value and value.lower() != "none":
             return value
     return None
-
-
-def latest_run(runs_dir: Path) -> str | None:
-    """The run under `runs_dir` whose ``last.ckpt`` is newest."""
-    runs = list(runs_dir.glob("*/last.ckpt")) if runs_dir.is_dir() else []
-    return max(runs, key=lambda p: p.stat().st_mtime).parent.name if runs else None
 
 
 def _owning_run(ckpt: Path, runs_dir: Path) -> Path | None:
@@ -119,6 +114,7 @@ class RunFolder:
         self.resume = False
         self.keep_options: dict = {}
         self.resume_step: int | None = None
+        self._note = ""  # which of several runs `--ckpt_path last` took
         ckpt = config.get("ckpt_path")
         if ckpt == "last":
             ckpt = config.ckpt_path = str(self._last_checkpoint(config))
@@ -138,7 +134,7 @@ class RunFolder:
                 check_writable(self.path)
                 take_claim(self.path)
                 self._claimed = True
-            rank_zero_print(f"resuming run {self.path.name} from {Path(ckpt).name}")
+            rank_zero_print(f"resuming run {self.path.name} from {Path(ckpt).name}{self._note}")
             self.resume_step = info.get("logged_step", info.get("global_step"))
         elif self.explicit and global_rank_zero() and _taken(self.path):
             raise ConfigError(
@@ -150,9 +146,9 @@ class RunFolder:
         )
 
     def _last_checkpoint(self, config) -> Path:
-        run = config.run_name or latest_run(self.runs_dir)
-        if run is None:
-            raise ConfigError(f"--ckpt_path last: no run in {self.runs_dir}/ has a last.ckpt")
+        run = config.run_name
+        if run is None:  # the newest run of this fit's variant, backbone and data
+            run, self._note = last_of_configuration(self.runs_dir, config)
         last = self.runs_dir / run / "last.ckpt"
         if not last.is_file():
             raise ConfigError(f"--ckpt_path last: {last} does not exist")
@@ -255,7 +251,7 @@ class RunFolder:
         if not getattr(self, "_made", False) or not self.path.is_dir():
             return
         entries = list(self.path.iterdir())
-        if all(e.is_file() and e.name in ("config.yaml", "hparams.yaml", CLAIM) for e in entries):
+        if all(e.is_file() and e.name in ("config.yaml", "hparams.yaml", PROVENANCE_FILE, CLAIM) for e in entries):
             for e in entries:
                 e.unlink()
             self.path.rmdir()
