@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .lora import LORA_TARGETS, add_adapters, lora_targets, merge_adapters
+from .lora import adapt, merge_adapters
 from .probe import as_list, probed
 from .registry import FAMILIES
 from .specs import BackboneArg, canonical, display_name, family_of, is_classic
@@ -76,14 +76,7 @@ class Backbone(nn.Module):
         """
         if rank < 1:
             raise ConfigError(f"lora_rank must be a positive number, got {rank}")
-        targets = lora_targets(self._body)
-        if not targets:
-            raise ConfigError(
-                f"lora_rank: backbone {self.name} has no attention projections to adapt (nn.Linear layers named "
-                f"{', '.join(LORA_TARGETS[:6])}, ... inside attention blocks); drop lora_rank"
-            )
-        self.requires_grad_(False)
-        add_adapters(self._body, targets, rank)
+        targets = adapt(self, self._body, self.name, rank)
         self.lora_rank = rank
         self.train(self.training)
         return targets

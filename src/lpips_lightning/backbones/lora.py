@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 LORA_TARGETS = ("qkv", "proj", "q_proj", "k_proj", "v_proj", "out_proj", "q", "k", "v", "kv", "to_q", "to_k", "to_v")
 
 
@@ -70,6 +72,22 @@ def add_adapters(root: nn.Module, targets: list[str], rank: int) -> None:
     """Wrap each layer of `targets` (see `lora_targets`) in a `LoRALinear` of `rank`."""
     for path in targets:
         _replace(root, path, LoRALinear(root.get_submodule(path), rank))
+
+
+def adapt(owner: nn.Module, root: nn.Module, name: str, rank: int) -> list[str]:
+    """Freeze `owner` and wrap the attention projections of `root` (inside it) in adapters of `rank`.
+
+    Returns the adapted layers' names; one `ConfigError` line naming backbone `name` when it has none.
+    """
+    targets = lora_targets(root)
+    if not targets:
+        raise ConfigError(
+            f"lora_rank: backbone {name} has no attention projections to adapt (nn.Linear layers named "
+            f"{', '.join(LORA_TARGETS[:6])}, ... inside attention blocks); drop lora_rank"
+        )
+    owner.requires_grad_(False)
+    add_adapters(root, targets, rank)
+    return targets
 
 
 def merge_adapters(root: nn.Module, requires_grad: bool) -> None:

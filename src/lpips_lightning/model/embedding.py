@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import timm_family, torchvision_family
-from ..backbones.lora import LORA_TARGETS, add_adapters, lora_targets, merge_adapters
+from ..backbones.lora import adapt, merge_adapters
 from ..backbones.specs import canonical, display_name, family_of
 from ..errors import ConfigError, check_choice
 from .lpips import check_image_pair, check_image_size, check_image_values, to_unit_range
@@ -93,14 +93,7 @@ class Branch(nn.Module):
 
     def add_lora(self, rank: int) -> None:
         """LoRA adapters of `rank` on the attention projections (`backbones.lora`); everything else frozen."""
-        targets = lora_targets(self.body)
-        if not targets:
-            raise ConfigError(
-                f"lora_rank: backbone {self.name} has no attention projections to adapt (nn.Linear layers named "
-                f"{', '.join(LORA_TARGETS[:6])}, ... inside attention blocks); drop lora_rank"
-            )
-        self.requires_grad_(False)
-        add_adapters(self.body, targets, rank)
+        adapt(self, self.body, self.name, rank)
         self.lora_rank = rank
         self.train(self.training)
 

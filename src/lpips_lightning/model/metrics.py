@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -158,11 +159,15 @@ class MOSRankCorrelation(Metric):
         self.distances.append(d.detach().flatten().double())
         self.scores.append(scores.detach().flatten().double())
 
-    def compute(self) -> torch.Tensor:
+    def gathered(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(distances, scores) of every item seen, as numpy; None when there are none or a distance is NaN."""
         d, s = dim_zero_cat(self.distances).cpu().numpy(), dim_zero_cat(self.scores).cpu().numpy()
-        if not len(d) or (d != d).any():  # NaN distances rank nothing
-            return torch.tensor(float("nan"), dtype=torch.float64)
-        return torch.tensor(srcc(d, s, self.scores_higher_is_better), dtype=torch.float64)
+        return None if not len(d) or (d != d).any() else (d, s)  # NaN distances rank nothing
+
+    def compute(self) -> torch.Tensor:
+        items = self.gathered()
+        value = float("nan") if items is None else srcc(*items, self.scores_higher_is_better)
+        return torch.tensor(value, dtype=torch.float64)
 
 
 class MOSCorrelations(MOSRankCorrelation):
@@ -179,11 +184,12 @@ class MOSCorrelations(MOSRankCorrelation):
     """
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        d, s = dim_zero_cat(self.distances).cpu().numpy(), dim_zero_cat(self.scores).cpu().numpy()
-        if not len(d) or (d != d).any():
-            found = dict.fromkeys(MEASURES, float("nan"))
-        else:
-            found = correlations(d, s, self.scores_higher_is_better)
+        items = self.gathered()
+        found = (
+            dict.fromkeys(MEASURES, float("nan"))
+            if items is None
+            else correlations(*items, self.scores_higher_is_better)
+        )
         return {m: torch.tensor(float(found[m]), dtype=torch.float64) for m in MEASURES}
 
 
