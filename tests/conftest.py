@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -113,6 +114,26 @@ def start_pack(source: Path, out: Path, *extra: str):
     time.sleep(0.2)  # inside the decoding loop, workers busy
     assert proc.poll() is None, "pack finished before it could be interrupted: make the source slower"
     return proc
+
+
+def children(pid: int) -> set[int]:
+    """The child processes of `pid` (all its threads'), from /proc."""
+    found: set[int] = set()
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            found.update(int(c) for c in Path(path).read_text().split())
+        except OSError:
+            pass
+    return found
+
+
+def alive(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def assert_cache_matches_full(model, dataset, index) -> None:

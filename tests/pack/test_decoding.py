@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_refused, make_bapps, start_pack
+from conftest import alive, assert_refused, children, make_bapps, start_pack
 from pack_inputs import slow_csv
 
 from lpips_lightning.errors import PackError
@@ -41,6 +41,30 @@ def test_decoder_never_deadlocks_on_messages_larger_than_a_pipe():
         "print('done')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "done" in result.stdout, result.stderr
+
+
+def test_closing_mid_stream_never_hangs():
+    """A refusal stops pack while workers send large results: closing must not leave half a message in the pipe.
+
+    (Killing the workers there made the pool's manager thread wait forever for the rest of it.)
+    """
+    code = (
+        "import io, numpy as np\n"
+        "from PIL import Image\n"
+        "from lpips_lightning.pack.decoding import Decoder, MemberTask\n"
+        "rng = np.random.default_rng(0)\n"
+        "buf = io.BytesIO(); Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(buf, 'BMP')\n"
+        "tasks = [MemberTask(buf.getvalue(), f'm{i}', True, 256, (0, 0, i)) for i in range(2000)]\n"
+        "for attempt in range(10):\n"
+        "    d = Decoder(2, lambda: None)\n"
+        "    for n, _ in enumerate(d.decoded(tasks, chunk=32, ahead=8)):\n"
+        "        if n == 100:\n"
+        "            break\n"
+        "    d.close()\n"
+        "print('done')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "done" in result.stdout, result.stderr
 
 
@@ -79,45 +103,25 @@ def test_a_killed_worker_is_one_error_not_a_hang(tmp_path, slow_source):
     assert not out.exists() and not list(tmp_path.glob(".o.h5.tmp-*"))
 
 
-def _children(pid: int) -> set[int]:
-    """The child processes of `pid` (all its threads'), from /proc."""
-    found: set[int] = set()
-    for path in glob.glob(f"/proc/{pid}/task/*/children"):
-        try:
-            found.update(int(c) for c in Path(path).read_text().split())
-        except OSError:
-            pass
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """`pid` exists and is not a zombie."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
 @pytest.mark.slow
 def test_workers_die_with_a_parent_killed_outright(tmp_path, slow_source):
     if not glob.glob(f"/proc/{os.getpid()}/task/*/children"):
         pytest.skip("needs /proc/PID/task/TID/children")
     out = tmp_path / "o.h5"
     proc = start_pack(slow_source, out)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert len(workers) == 2, workers
     proc.kill()  # SIGKILL to pack alone: nothing of it runs again
     try:
         # The workers hold copies of stdout/stderr: this returns only once they are gone too.
         proc.communicate(timeout=10)
         deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in workers):
+        while any(alive(pid) for pid in workers):
             assert time.monotonic() < deadline, f"decoding workers outlived pack: {workers}"
             time.sleep(0.05)
     finally:
         for pid in workers:  # no orphans left behind by a failure
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 

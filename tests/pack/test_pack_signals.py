@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import pytest
 from bapps_mirror import build_bapps_archives
-from conftest import snapshot, start_pack
+from conftest import alive, children, snapshot, start_pack
 from pack_inputs import ONE_ROW, copy_archives, csv_file, slow_archive, slow_csv
 
 import lpips_lightning.pack.pack
@@ -41,14 +41,6 @@ def mirror(tmp_path_factory) -> dict:
     return build_bapps_archives(tmp_path_factory.mktemp("mirror"), n=3, size=16)
 
 
-def _process_group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 @pytest.mark.parametrize(
     "signum, whole_group, status",
     [
@@ -61,6 +53,8 @@ def _process_group_gone(pgid: int) -> bool:
 def test_signal_mid_pack_leaves_nothing(tmp_path, slow_source, signum, whole_group, status):
     out = tmp_path / "o.h5"
     proc = start_pack(slow_source, out)
+    workers = children(proc.pid)
+    assert len(workers) == 2, workers
     if whole_group:
         os.killpg(proc.pid, signum)
     else:
@@ -71,7 +65,7 @@ def test_signal_mid_pack_leaves_nothing(tmp_path, slow_source, signum, whole_gro
     assert not out.exists()
     assert not list(tmp_path.glob(".o.h5.tmp-*"))
     deadline = time.monotonic() + 5
-    while not _process_group_gone(proc.pid):  # the workers went with the parent
+    while any(alive(pid) for pid in workers):  # the workers went with the parent
         assert time.monotonic() < deadline, "decoding workers outlived pack"
         time.sleep(0.05)
 

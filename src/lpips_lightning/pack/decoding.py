@@ -11,8 +11,12 @@ it decodes in this process.
 - A worker that dies (the OOM killer, ``kill -9``) breaks the pool: one `PackError` naming the
   signal, never a hang (`multiprocessing.Pool` would replace the worker and wait forever for
   its lost task).
-- Workers ignore Ctrl-C (a terminal sends it to the whole process group: it is the parent's to
-  handle); `Decoder.close` kills them.
+- Workers run in a process group of their own, so that a Ctrl-C in a terminal or a
+  ``kill -TERM -PGID`` reaches the parent alone, which stops them. `Decoder.close` drops the
+  queued chunks and lets each worker finish the one it holds; only a worker still busy after
+  `CLOSE_GRACE` is killed. (A worker killed while it writes a result leaves half a message in
+  the result pipe: the pool's manager thread would wait for the rest forever, and the
+  interpreter's exit with it.)
 - Workers exit when their parent is gone, even one killed outright (`_watch_parent`): a pool
   worker waiting on its call queue never sees it close, since every worker holds a copy of
   the queue's write end.
@@ -39,6 +43,7 @@ from .bapps import load_fraction
 
 POLL = 0.05  # seconds between looks at `check` while waiting for a worker
 PARENT_POLL = 0.5  # seconds between a worker's looks at its parent
+CLOSE_GRACE = 10.0  # seconds a closing pool's workers have to finish the chunk they hold
 
 
 class FileTask(NamedTuple):
@@ -112,7 +117,8 @@ def _watch_parent(parent: int) -> None:
 
 
 def _start_worker() -> None:
-    """A worker's set-up: Ctrl-C left to the parent, SIGTERM kills, and death with the parent."""
+    """A worker's set-up: signals to the parent's group left to the parent, SIGTERM kills, death with the parent."""
+    os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="pack-parent").start()
@@ -138,13 +144,17 @@ class Decoder:
         return list((getattr(self.pool, "_processes", None) or {}).values())
 
     def close(self) -> None:
-        """Kill the workers (what they still had to do is dropped) and wait for them."""
+        """Drop what the workers still had to do, let each finish its chunk (killed after `CLOSE_GRACE`), wait."""
         if self.pool is None:
             return
-        for proc in self._processes():
-            if proc.exitcode is None:
+        procs = self._processes()
+        self.pool.shutdown(wait=False, cancel_futures=True)  # the manager thread reads what is sent and stops them
+        deadline = time.monotonic() + CLOSE_GRACE
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.exitcode is None:  # stuck in a decode (not writing a result): safe to kill
                 proc.kill()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True)
         self.pool = None
 
     def _died(self) -> PackError:
