@@ -10,9 +10,11 @@ import os
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from conftest import assert_refused, random_group, training_args, write_judgments
+from PIL import Image
 
 from lpips_lightning.cli.main import main
 
@@ -128,8 +130,23 @@ def test_missing_imagenet_weights_are_one_line(packed, tmp_path, capfd, monkeypa
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     monkeypatch.setattr("torch.hub.download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     err = refused(["fit", *training_args(tmp_path / "runs", packed, "--model.pretrained", "true")], capfd)
-    assert "alexnet-owt-7be5be79.pth is missing" in err and "backbone_weights=PATH" in err
+    assert "alexnet-owt-7be5be79.pth is missing" in err
+    # the command line's own options, not Python's arguments
+    assert err.endswith("put the file there, or pass --model.backbone_weights PATH, or --model.pretrained false"), err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/*.ckpt"))
+
+
+def test_missing_imagenet_weights_name_each_tools_own_options(tmp_path, capfd, monkeypatch):
+    """distance has --backbone-weights; evaluate has neither it nor a way to go without pretrained weights."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    monkeypatch.setattr("torch.hub.download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    err = refused(["distance", str(image), str(image)], capfd)
+    assert err.endswith("put the file there, or pass --backbone-weights PATH"), err
+    data = write_judgments(tmp_path / "d.h5", {"2afc/val/t": random_group("2afc", n=4, size=32)})
+    err = refused(["evaluate", "official:alex", "--data", str(data), "--quiet"], capfd)
+    assert err.endswith("could not be downloaded (OSError); put the file there"), err
 
 
 # usage errors, argparse's words: (argv of a tool, what the line says before "(options: lpips-lightning CMD --help)")

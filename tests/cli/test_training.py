@@ -42,6 +42,7 @@ def _rows(path: Path) -> list[dict]:
 @slow
 def test_fit_leaves_a_complete_run_folder_and_w_and_b_offline(trained_run, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_DIR")  # W&B's files then go inside the run folder
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert main(_fit(tmp_path / "runs", trained_run["data"], "--trainer.max_epochs", "2", "--run_name", "r1")) == 0
     out = capsys.readouterr().out
@@ -54,7 +55,9 @@ def test_fit_leaves_a_complete_run_folder_and_w_and_b_offline(trained_run, tmp_p
     assert (run / "val_subsets.png").stat().st_size > 1000
     rows = _rows(run / "metrics.csv")
     assert any(r.get("val/2afc/mean") for r in rows) and any(r.get("val/jnd_map/cnn") for r in rows)
-    assert list((run / "wandb").glob("offline-run-*"))
+    run_id = (run / "wandb-run-id").read_text().strip()
+    assert f"wandb sync {run}/wandb/offline-run-*-{run_id}" in out
+    assert [p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")] == [run_id]
     charts = list(run.glob("wandb/offline-run-*/files/media/images/val/subsets_chart_*.png"))
     assert len(charts) == 2  # one per epoch in W&B; the file in the run folder shows the latest
     ckpt = torch.load(run / "last.ckpt", weights_only=True)  # loads with weights_only=True

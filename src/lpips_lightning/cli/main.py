@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import ConfigError, Interrupted, LPIPSLightningError, message_of
 from .parser import run_tool
+from .terms import in_terms, tool_options
 
 HELP = """usage: lpips-lightning COMMAND [options]
 
@@ -81,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(argv)
     except LPIPSLightningError as err:  # a training command prints its own (on rank 0 only)
-        print(f"error: {message_of(err)}", file=sys.stderr)
+        options = tool_options(command(argv[0])) if argv[0] in COMMANDS else {}
+        print(f"error: {in_terms(message_of(err), options)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)

@@ -26,12 +26,13 @@ from ..errors import ConfigError, LPIPSLightningError, message_of
 from ..train import links
 from ..train.callbacks import BestCheckpoint, FitSummary, SaveConfig, SubsetChart
 from ..train.checkpoint_io import use_atomic_checkpoints
-from ..train.loggers import make_loggers
+from ..train.loggers import make_loggers, wandb_folders
 from ..train.module import LPIPSModule
 from ..train.resume import explicit_options
 from ..train.runs import RunFolder, print_error_once
 from .checks import check_accelerator, check_config_files, check_precision
 from .parser import OneLineErrors
+from .terms import in_terms, training_options
 
 VAL_CHECK_REFUSAL = re.compile(r"`val_check_interval` \((\S+)\) must be .* training batches \((\d+)\)")
 
@@ -238,8 +239,8 @@ def _interrupted(cli: LPIPSCLI | None, done: SystemExit) -> KeyboardInterrupt | 
 
 def _refusal(err: Exception) -> str | None:
     """The one line for a refusal: ours, or Lightning's own (gradient clipping under manual optimisation, ...)."""
-    if isinstance(err, LPIPSLightningError):
-        return message_of(err)
+    if isinstance(err, LPIPSLightningError):  # the library names Python arguments: here, the options
+        return in_terms(message_of(err), training_options(LPIPSModule, JudgmentsDataModule))
     if isinstance(err, MisconfigurationException):
         return str(err).strip().splitlines()[0]  # Lightning's own one-sentence refusals
     found = VAL_CHECK_REFUSAL.search(str(err)) if isinstance(err, ValueError) else None
@@ -265,6 +266,8 @@ def _discard_wandb(cli: LPIPSCLI) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
+            for folder in wandb_folders(cli.run.path):
+                shutil.rmtree(folder, ignore_errors=True)
             shutil.rmtree(cli.run.path / "wandb", ignore_errors=True)
 
 

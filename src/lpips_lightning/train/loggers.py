@@ -3,7 +3,9 @@
 A run folder's ``metrics.csv`` keeps its history when the run resumes (`ResumableCSVLogger`:
 the kept rows are written beside it and renamed over it, so a failed write leaves the log as it was);
 W&B runs online when a key is known and its server answers within 3 s, else offline with a
-line on how to sync it later, and a resumed run continues the W&B run it logged to before.
+line on how to sync it later, and a resumed run continues the W&B run it logged to before. Its
+files go in the run folder's ``wandb/``, or under ``$WANDB_DIR`` when that is set; either way the
+run folder's ``wandb-run-id`` names the W&B run.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import secrets
 import socket
+import string
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -111,10 +115,26 @@ def wandb_online() -> bool:
         return False
 
 
+WANDB_ID_FILE = "wandb-run-id"  # in a run folder: the id of its W&B run
+
+
+def wandb_root(run_dir: Path) -> Path:
+    """Where W&B puts a run's files (its ``wandb/`` folder goes inside): ``$WANDB_DIR`` if set, else the run folder."""
+    return Path(os.environ.get("WANDB_DIR") or run_dir)
+
+
 def wandb_run_id(run_dir: Path) -> str | None:
     """The id of the W&B run a resumed run logged to before, so that its history continues."""
-    runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
-    return runs[-1].name.rsplit("-", 1)[1] if runs else None
+    try:
+        return (run_dir / WANDB_ID_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def wandb_folders(run_dir: Path) -> list[Path]:
+    """The folders W&B wrote for the run folder's W&B run (one per process that logged to it)."""
+    run_id = wandb_run_id(run_dir)
+    return sorted((wandb_root(run_dir) / "wandb").glob(f"*run-*-{run_id}")) if run_id else []
 
 
 def make_loggers(run_dir: Path, run_name: str, project: str, resume_step: int | None = None) -> list:
@@ -127,13 +147,25 @@ def make_loggers(run_dir: Path, run_name: str, project: str, resume_step: int | 
     if mode in ("disabled", "dryrun-disabled"):
         return loggers
     offline = mode in ("offline", "dryrun") or (global_rank_zero() and not wandb_online())
+    run_id = (wandb_run_id(run_dir) if resume_step is not None else None) or _new_run_id(run_dir)
+    root = wandb_root(run_dir)
     if offline:
         os.environ["WANDB_MODE"] = "offline"
-        hint = f"wandb sync {run_dir}/wandb/offline-run-*"
+        hint = f"wandb sync {root}/wandb/offline-run-*-{run_id}"
         rank_zero_print(f"W&B runs offline (not logged in, or no network); sync later with: {hint}")
-    resume = {"id": wandb_run_id(run_dir), "resume": "allow"} if resume_step is not None else {}
-    resume = resume if resume.get("id") else {}
-    logger = WandbLogger(name=run_name, project=project, save_dir=str(run_dir), offline=offline, **resume)
+    root.mkdir(parents=True, exist_ok=True)
+    logger = WandbLogger(name=run_name, project=project, save_dir=str(root), offline=offline, id=run_id, resume="allow")
     drop_anonymous_none(logger)
     loggers.append(logger)
     return loggers
+
+
+def _new_run_id(run_dir: Path) -> str:
+    """A new W&B run id, written to the run folder (by rank 0; the other processes log nothing to W&B)."""
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # as W&B's own
+    if global_rank_zero():
+        path = run_dir / WANDB_ID_FILE
+        tmp = temp_name(path)
+        tmp.write_text(run_id + "\n")
+        os.replace(tmp, path)
+    return run_id

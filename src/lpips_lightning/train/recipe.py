@@ -49,7 +49,7 @@ def check_options(options: dict) -> None:
     margin, lora_rank, taps = options["margin"], options["lora_rank"], options["taps"]
     check_choice("variant", variant, VARIANTS)
     if variant == "scratch" and (options["pretrained"] or options["backbone_weights"]):
-        raise ConfigError("variant 'scratch' trains a random backbone: drop pretrained / backbone_weights")
+        raise ConfigError("variant 'scratch' trains a random backbone: drop backbone_weights and set pretrained=False")
     if options["feature_cache"] and variant != "lin":
         raise ConfigError(f"feature_cache needs a frozen backbone: variant 'lin', not {variant!r}")
     if compile not in COMPILE:

@@ -1,0 +1,38 @@
+"""A run's W&B logger (`train.loggers`): its files in the run folder or under $WANDB_DIR, and a resume continues it."""
+
+from __future__ import annotations
+
+import pytest
+from pytorch_lightning.loggers import WandbLogger
+
+from lpips_lightning.train.loggers import make_loggers, wandb_folders, wandb_run_id
+
+
+def _wandb(loggers: list) -> WandbLogger:
+    (logger,) = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    return logger
+
+
+@pytest.mark.parametrize("wandb_dir", [True, False])
+def test_the_run_folder_names_its_w_and_b_run_and_a_resume_continues_it(tmp_path, monkeypatch, wandb_dir):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    if wandb_dir:
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    else:
+        monkeypatch.delenv("WANDB_DIR")
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    logger = _wandb(make_loggers(run_dir, "r1", "p"))
+    logger.log_metrics({"x": 1.0}, step=0)
+    logger.experiment.finish()
+    run_id = wandb_run_id(run_dir)
+    assert run_id and logger.version == run_id
+    root = tmp_path / "elsewhere" if wandb_dir else run_dir
+    (folder,) = wandb_folders(run_dir)
+    assert folder.parent == root / "wandb" and folder.name.endswith(f"-{run_id}")
+    assert (run_dir / "wandb").exists() is not wandb_dir  # under $WANDB_DIR when set, nothing in the run folder
+    resumed = _wandb(make_loggers(run_dir, "r1", "p", resume_step=3))
+    assert resumed.version == run_id and wandb_run_id(run_dir) == run_id
+    fresh = tmp_path / "runs" / "r2"
+    fresh.mkdir()
+    assert _wandb(make_loggers(fresh, "r2", "p")).version != run_id
