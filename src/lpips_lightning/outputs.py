@@ -24,6 +24,11 @@ from pathlib import Path
 from .errors import OutputError
 
 
+def cache_dir() -> Path:
+    """Where built data and help texts are cached: ``$LPIPS_LIGHTNING_CACHE``, else ``~/.cache/lpips-lightning``."""
+    return Path(os.environ.get("LPIPS_LIGHTNING_CACHE") or Path.home() / ".cache" / "lpips-lightning")
+
+
 def temp_name(path: Path, pid: int | None = None) -> Path:
     """The temporary name a process writes `path` under: ``.NAME.tmp-PID`` in the same folder."""
     return path.with_name(f".{path.name}.tmp-{os.getpid() if pid is None else pid}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import typing
@@ -223,6 +224,47 @@ def test_tool_help_is_fast_and_does_not_import_torch(tool):
     verdict, seconds = result.stdout.split()[-2:]
     assert verdict == "LIGHT", result.stdout[-300:]
     assert float(seconds) < 2.0  # under 0.2 s on a quiet machine; the bound leaves room for a busy one
+
+
+def test_fit_help_puts_model_and_data_first_and_comes_from_the_cache_once_made(tmp_path):
+    """The first ``fit --help`` imports Lightning (seconds); the next prints the same text without torch."""
+    code = (
+        "import sys, time; start = time.perf_counter()\n"
+        "from lpips_lightning.cli.main import main\n"
+        "status = main(['fit', '--help'])\n"
+        "print('TORCH' if 'torch' in sys.modules else 'LIGHT', status, time.perf_counter() - start)"
+    )
+    env = {**os.environ, "LPIPS_LIGHTNING_CACHE": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)]
+    runs.append(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120))
+    (first, first_verdict), (second, second_verdict) = [r.stdout.rsplit("\n", 2)[:2] for r in runs]
+    assert first_verdict.split()[:2] == ["TORCH", "0"] and second_verdict.split()[:2] == ["LIGHT", "0"]
+    assert float(second_verdict.split()[2]) < 2.0
+    assert first == second and [p.name.split("-")[1] for p in tmp_path.glob("help-*.txt")] == ["fit"]
+    lines = first.splitlines()
+    assert lines[0].startswith("usage: lpips-lightning [options] fit [-c CONFIG] [--model.OPTION ...]")
+    where = {prefix: next(i for i, line in enumerate(lines) if line.lstrip().startswith(prefix)) for prefix in (
+        "--model.backbone", "--data.path", "--ckpt_path", "--trainer.max_epochs")}  # fmt: skip
+    assert where["--model.backbone"] < where["--data.path"] < where["--ckpt_path"] < where["--trainer.max_epochs"]
+
+
+def test_the_help_cache_follows_the_source_and_takes_only_a_bare_help(tmp_path, monkeypatch):
+    from lpips_lightning.cli import help_cache
+
+    monkeypatch.setenv("LPIPS_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(help_cache, "PACKAGE", tmp_path / "package")
+    (tmp_path / "package").mkdir()
+    (tmp_path / "package" / "module.py").write_text("x = 1\n")
+    help_cache.remember(["fit", "--help"], "the help\n")
+    assert help_cache.cached(["fit", "--help"]) == help_cache.cached(["fit", "-h"]) == "the help\n"
+    assert help_cache.cached(["validate", "--help"]) is None
+    help_cache.remember(["fit", "--config", "x.yaml", "--help"], "a config's help\n")  # shows that config's values
+    assert help_cache.cached(["fit", "--config", "x.yaml", "--help"]) is None
+    (tmp_path / "package" / "module.py").write_text("x = 22\n")  # the source changed: so may the help
+    assert help_cache.cached(["fit", "--help"]) is None
+    help_cache.remember(["fit", "--help"], "the new help\n")
+    assert help_cache.cached(["fit", "--help"]) == "the new help\n"
+    assert len(list((tmp_path / "cache").glob("help-fit-*.txt"))) == 1  # the old text went
 
 
 def test_top_level_help_lists_every_command(capsys):

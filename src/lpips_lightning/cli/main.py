@@ -8,12 +8,15 @@ exit status 2; an interrupted command exits with 130 (Ctrl-C) or 143 (SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import ConfigError, Interrupted, LPIPSLightningError, message_of
+from . import help_cache
 from .parser import run_tool
 from .terms import in_terms, tool_options
 
@@ -58,13 +61,33 @@ def _raise_terminated(signum, frame) -> None:
     raise Interrupted(signum)
 
 
+def _training(argv: list[str]) -> int:
+    """Run fit/validate/test; a bare ``--help`` from the help cache when it can be (see `help_cache`)."""
+    text = help_cache.cached(argv)
+    if text is not None:
+        sys.stdout.write(text)
+        return 0
+    if not help_cache.cacheable(argv):
+        return command(argv[0])(argv)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            status = command(argv[0])(argv)
+    except SystemExit as done:  # argparse ends its help so
+        status = done.code
+    sys.stdout.write(said.getvalue())
+    if not status:
+        help_cache.remember(argv, said.getvalue())
+    return status or 0
+
+
 def _run(argv: list[str]) -> int:
     if argv[0] not in COMMANDS and argv[0].startswith("-"):  # LightningCLI answers its own options
         return command("fit")(argv)
     if argv[0] not in COMMANDS:
         raise ConfigError(f"unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}")
     if argv[0] in TRAINING:
-        return command(argv[0])(argv)
+        return _training(argv)
     # SIGTERM (kill, a scheduler's time limit) cleans up like Ctrl-C; Lightning handles its own
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:

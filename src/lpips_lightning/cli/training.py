@@ -37,10 +37,33 @@ from .terms import in_terms, training_options
 VAL_CHECK_REFUSAL = re.compile(r"`val_check_interval` \((\S+)\) must be .* training batches \((\d+)\)")
 
 
+USAGE = "%(prog)s [-c CONFIG] [--model.OPTION ...] [--data.OPTION ...] [--ckpt_path PATH] [--trainer.OPTION ...] ..."
+
+
+def _help_rank(group) -> int:
+    """Where an option group goes in ``--help``: the command's own, model, data, the rest, Lightning's trainer last."""
+    dests = [action.dest for action in group._group_actions]
+    if any(d.split(".")[0] == "trainer" for d in dests):
+        return 3
+    if any(d.split(".")[0] in ("model", "data") for d in dests):
+        return 1
+    return 0 if group.title in ("positional arguments", "options") else 2
+
+
 class TrainingParser(OneLineErrors, LightningArgumentParser):
-    """LightningCLI's parser, its usage errors as one line (printed by rank 0 only)."""
+    """LightningCLI's parser: usage errors as one line (printed by rank 0 only); help with the trainer's flags last."""
 
     print_error = staticmethod(print_error_once)
+
+    def format_help(self) -> str:
+        # jsonargparse lists the trainer's ~90 flags first, and every option in the usage line
+        groups, usage = self._action_groups, self.usage
+        if any(_help_rank(g) == 3 for g in groups):
+            self._action_groups, self.usage = sorted(groups, key=_help_rank), USAGE
+        try:
+            return super().format_help()
+        finally:
+            self._action_groups, self.usage = groups, usage
 
 
 def _files(config) -> list[str]:
@@ -66,9 +89,15 @@ class LPIPSCLI(LightningCLI):
             save_config_kwargs={"overwrite": True, "argv": ["lpips-lightning", *self.argv]},
             seed_everything_default=0,
             auto_configure_optimizers=False,
-            parser_kwargs={"default_env": False},
+            parser_kwargs={"default_env": False, "prog": "lpips-lightning"},  # also as python -m lpips_lightning.cli
             parser_class=TrainingParser,
         )
+
+    def subcommands(self) -> dict[str, set[str]]:
+        """Only the subcommand being run: LightningCLI builds a parser for each (about a second apiece)."""
+        every = LightningCLI.subcommands()
+        chosen = self.argv[0] if self.argv else None
+        return {chosen: every[chosen]} if chosen in every else every
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(

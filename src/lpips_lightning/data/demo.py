@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from ..errors import JudgmentsError
+from ..outputs import cache_dir
 from . import judgments
 
 DEMO_VERSION = 1
@@ -154,11 +155,6 @@ def build_demo(
             w.fill(g, 0, arrays)
             g.attrs["simulated"] = True
     return Path(out)
-
-
-def cache_dir() -> Path:
-    """Where built data is cached: ``$LPIPS_LIGHTNING_CACHE``, else ``~/.cache/lpips-lightning``."""
-    return Path(os.environ.get("LPIPS_LIGHTNING_CACHE") or Path.home() / ".cache" / "lpips-lightning")
 
 
 def demo_path(seed: int = 0) -> Path:

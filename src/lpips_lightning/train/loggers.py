@@ -25,7 +25,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from ..errors import OutputError
 from ..outputs import remove_stale_temps, temp_name
 from .cadence import drop_anonymous_none
-from .runs import global_rank_zero, rank_zero_print
+from .runs import WANDB_ID_FILE, global_rank_zero, rank_zero_print
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -113,9 +113,6 @@ def wandb_online() -> bool:
         return True
     except OSError:
         return False
-
-
-WANDB_ID_FILE = "wandb-run-id"  # in a run folder: the id of its W&B run
 
 
 def wandb_root(run_dir: Path) -> Path:

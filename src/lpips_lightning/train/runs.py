@@ -27,6 +27,7 @@ from ..provenance import PROVENANCE_FILE
 from .claims import CLAIM, check_writable, claim_alive, claim_pid, take_claim
 from .resume import check_checkpoint, last_of_configuration, refuse_conflicts
 
+WANDB_ID_FILE = "wandb-run-id"  # in a run folder: the id of its W&B run (`loggers`)
 _INHERITED = "LPIPS_LIGHTNING_RUN_DIR"  # set by the rank-0 process for Lightning's DDP children
 
 
@@ -251,7 +252,8 @@ class RunFolder:
         if not getattr(self, "_made", False) or not self.path.is_dir():
             return
         entries = list(self.path.iterdir())
-        if all(e.is_file() and e.name in ("config.yaml", "hparams.yaml", PROVENANCE_FILE, CLAIM) for e in entries):
+        written = ("config.yaml", "hparams.yaml", PROVENANCE_FILE, CLAIM, WANDB_ID_FILE)
+        if all(e.is_file() and e.name in written for e in entries):
             for e in entries:
                 e.unlink()
             self.path.rmdir()

@@ -1,0 +1,77 @@
+"""``fit --help`` (validate, test) without importing torch: the text LightningCLI printed, while nothing changed.
+
+LightningCLI's help needs torch, torchvision, torchmetrics and Lightning imported: about five seconds on two
+cores, none of it spent on the help itself. The text depends only on the installed versions of those
+libraries, this package's source files and the terminal's width, so it is kept in the cache folder under
+a key made of them (`outputs.cache_dir`, ``help-<command>-<key>.txt``) and printed from there the next time. Only
+a bare ``COMMAND --help`` is cached: with a ``--config`` the help shows that config's values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from ..outputs import cache_dir, temp_name
+
+HELP_FLAGS = ("-h", "--help")
+LIBRARIES = ("torch", "torchvision", "torchmetrics", "pytorch-lightning", "lightning-utilities", "jsonargparse")
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def _key(command: str) -> str:
+    """What the help text of `command` depends on: versions, this package's files, the terminal width."""
+    parts = [command, sys.version, str(shutil.get_terminal_size().columns)]
+    for name in LIBRARIES:
+        try:
+            parts.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} missing")
+    for path in sorted(PACKAGE.rglob("*.py")):
+        stat = path.stat()
+        parts.append(f"{path.relative_to(PACKAGE)} {stat.st_mtime_ns} {stat.st_size}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def cacheable(argv: list[str]) -> bool:
+    """Whether `argv` is a bare ``COMMAND --help``."""
+    return len(argv) == 2 and argv[1] in HELP_FLAGS
+
+
+def _path(argv: list[str]) -> Path | None:
+    """The cache file of `argv`'s help, or None when `argv` is not a bare ``COMMAND --help``."""
+    if not cacheable(argv):
+        return None
+    return cache_dir() / f"help-{argv[0]}-{_key(argv[0])}.txt"
+
+
+def cached(argv: list[str]) -> str | None:
+    """The help text that `argv` asks for, if it is cached and still true."""
+    path = _path(argv)
+    try:
+        return path.read_text() if path is not None else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def remember(argv: list[str], text: str) -> None:
+    """Keep `text`, the help of `argv`, for the next time (best effort: an unwritable cache is no error)."""
+    path = _path(argv)
+    if path is None or not text.strip():
+        return
+    tmp = temp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        for old in path.parent.glob(f"help-{argv[0]}-*.txt"):  # texts of code or versions gone since
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
