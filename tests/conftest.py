@@ -44,9 +44,11 @@ def write_fake_imagenet(torch_home: Path, names=("alex", "vgg", "squeeze"), seed
     for name in names:
         entry = BACKBONES[name]
         target = folder / os.path.basename(entry.weights.url)
-        if not target.exists():
+        if not target.exists():  # written beside and renamed: test processes running at once share the folder
             torch.manual_seed(seed)
-            torch.save(entry.constructor(weights=None).state_dict(), target)
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            torch.save(entry.constructor(weights=None).state_dict(), tmp)
+            os.replace(tmp, target)
 
 
 @pytest.fixture(scope="session")
