@@ -28,11 +28,14 @@ install-dev: $(BIN)/python
 demo: install
 	$(BIN)/lpips-lightning fit --config configs/demo.yaml
 
+# one test process per core (pytest-xdist), each test file in one process: a file's shared fixtures are made once
+PYTEST := WANDB_MODE=disabled $(BIN)/python -m pytest -q -n auto --dist loadfile
+
 test: install-dev
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: install-dev
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: install-dev
 	$(BIN)/ruff check src tests bench scripts

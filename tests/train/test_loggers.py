@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import wandb
 from pytorch_lightning.loggers import WandbLogger
 
-from lpips_lightning.train.loggers import make_loggers, wandb_folders, wandb_run_id
+from lpips_lightning.train.loggers import finish_wandb, make_loggers, wandb_folders, wandb_run_id
 
 
 def _wandb(loggers: list) -> WandbLogger:
@@ -22,11 +23,13 @@ def test_the_run_folder_names_its_w_and_b_run_and_a_resume_continues_it(tmp_path
         monkeypatch.delenv("WANDB_DIR")
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
-    logger = _wandb(make_loggers(run_dir, "r1", "p"))
+    loggers = make_loggers(run_dir, "r1", "p")
+    logger = _wandb(loggers)
     logger.log_metrics({"x": 1.0}, step=0)
-    logger.experiment.finish()
     run_id = wandb_run_id(run_dir)
-    assert run_id and logger.version == run_id
+    assert run_id and logger.version == run_id == logger.experiment.id
+    finish_wandb(loggers)  # as a command ends: the next fit in this process gets a W&B run of its own
+    assert wandb.run is None
     root = tmp_path / "elsewhere" if wandb_dir else run_dir
     (folder,) = wandb_folders(run_dir)
     assert folder.parent == root / "wandb" and folder.name.endswith(f"-{run_id}")

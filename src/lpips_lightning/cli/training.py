@@ -26,7 +26,7 @@ from ..errors import ConfigError, LPIPSLightningError, message_of
 from ..train import links
 from ..train.callbacks import BestCheckpoint, FitSummary, SaveConfig, SubsetChart
 from ..train.checkpoint_io import use_atomic_checkpoints
-from ..train.loggers import make_loggers, wandb_folders
+from ..train.loggers import finish_wandb, make_loggers, wandb_folders
 from ..train.module import LPIPSModule
 from ..train.resume import explicit_options
 from ..train.runs import RunFolder, print_error_once
@@ -341,5 +341,6 @@ def run_training(argv: Sequence[str]) -> int:
             raise
         raise interrupted from None
     finally:
+        finish_wandb(getattr(getattr(LPIPSCLI.running, "trainer", None), "loggers", []))
         if getattr(LPIPSCLI.running, "run", None) is not None:
             LPIPSCLI.running.run.unclaim()  # the run folder is free again for a resume

@@ -16,6 +16,7 @@ import os
 import secrets
 import socket
 import string
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -155,6 +156,17 @@ def make_loggers(run_dir: Path, run_name: str, project: str, resume_step: int | 
     drop_anonymous_none(logger)
     loggers.append(logger)
     return loggers
+
+
+def finish_wandb(loggers: list) -> None:
+    """End the W&B run that `loggers` started: another fit in this process starts its own, not logs into it.
+
+    (W&B keeps a process's run open until the process exits, and Lightning's logger takes an open run over.)
+    """
+    wandb = sys.modules.get("wandb")  # never imported: nothing was logged to W&B
+    run = getattr(wandb, "run", None)
+    if run is not None and run.id in {lg.version for lg in loggers if isinstance(lg, WandbLogger)}:
+        run.finish()
 
 
 def _new_run_id(run_dir: Path) -> str:
