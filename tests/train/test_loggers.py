@@ -6,7 +6,7 @@ import pytest
 import wandb
 from pytorch_lightning.loggers import WandbLogger
 
-from lpips_lightning.train.loggers import finish_wandb, make_loggers, wandb_folders, wandb_run_id
+from lpips_lightning.train.loggers import make_loggers, wandb_folders, wandb_run_id
 
 
 def _wandb(loggers: list) -> WandbLogger:
@@ -28,13 +28,13 @@ def test_the_run_folder_names_its_w_and_b_run_and_a_resume_continues_it(tmp_path
     logger.log_metrics({"x": 1.0}, step=0)
     run_id = wandb_run_id(run_dir)
     assert run_id and logger.version == run_id == logger.experiment.id
-    finish_wandb(loggers)  # as a command ends: the next fit in this process gets a W&B run of its own
-    assert wandb.run is None
+    assert wandb.run is not None and wandb.run.id == run_id
     root = tmp_path / "elsewhere" if wandb_dir else run_dir
     (folder,) = wandb_folders(run_dir)
     assert folder.parent == root / "wandb" and folder.name.endswith(f"-{run_id}")
     assert (run_dir / "wandb").exists() is not wandb_dir  # under $WANDB_DIR when set, nothing in the run folder
-    resumed = _wandb(make_loggers(run_dir, "r1", "p", resume_step=3))
+    resumed = _wandb(make_loggers(run_dir, "r1", "p", resume_step=3))  # the open run ends first: not taken over
+    assert wandb.run is None
     assert resumed.version == run_id and wandb_run_id(run_dir) == run_id
     fresh = tmp_path / "runs" / "r2"
     fresh.mkdir()

@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import logging
-import re
-import shutil
 import sys
 import time
 import warnings
@@ -18,24 +16,19 @@ from pathlib import Path
 
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from ..data.datamodule import JudgmentsDataModule
-from ..errors import ConfigError, LPIPSLightningError, message_of
+from ..errors import ConfigError
 from ..train import links
 from ..train.callbacks import BestCheckpoint, FitSummary, SaveConfig, SubsetChart
 from ..train.checkpoint_io import use_atomic_checkpoints
-from ..train.loggers import finish_wandb, make_loggers, wandb_folders
+from ..train.loggers import make_loggers
 from ..train.module import LPIPSModule
 from ..train.resume import explicit_options
 from ..train.runs import RunFolder, print_error_once
+from . import outcome
 from .checks import check_accelerator, check_config_files, check_precision
 from .parser import OneLineErrors
-from .terms import in_terms, training_options
-
-VAL_CHECK_REFUSAL = re.compile(r"`val_check_interval` \((\S+)\) must be .* training batches \((\d+)\)")
-
 
 USAGE = "%(prog)s [-c CONFIG] [--model.OPTION ...] [--data.OPTION ...] [--ckpt_path PATH] [--trainer.OPTION ...] ..."
 
@@ -243,78 +236,6 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
 
 
-def _interrupted(cli: LPIPSCLI | None, done: SystemExit) -> KeyboardInterrupt | None:
-    """Lightning ends a run stopped by Ctrl-C with exit status 1 and one stopped by SIGTERM with 0.
-
-    Both become a `KeyboardInterrupt` (status 130 / 143) with a line on how to resume.
-    """
-    trainer = getattr(cli, "trainer", None)
-    if trainer is None or not trainer.interrupted:
-        return None
-    sigterm = type(done).__name__ == "SIGTERMException"
-    folder = cli.run.path
-    if cli.subcommand != "fit" or folder.parent != cli.run.runs_dir:
-        how = f"its folder: {folder}"
-    elif (folder / "last.ckpt").is_file():
-        how = f"resume it with: lpips-lightning fit ... --ckpt_path last --run_name {folder.name}"
-    else:
-        how = f"it had no checkpoint yet: delete {folder} and start again, or start with another --run_name"
-    err = KeyboardInterrupt(
-        f"{'SIGTERM' if sigterm else 'Ctrl-C'} stopped the run in epoch {trainer.current_epoch}; {how}"
-    )
-    err.status = 143 if sigterm else 130
-    return err
-
-
-def _refusal(err: Exception) -> str | None:
-    """The one line for a refusal: ours, or Lightning's own (gradient clipping under manual optimisation, ...)."""
-    if isinstance(err, LPIPSLightningError):  # the library names Python arguments: here, the options
-        return in_terms(message_of(err), training_options(LPIPSModule, JudgmentsDataModule))
-    if isinstance(err, MisconfigurationException):
-        return str(err).strip().splitlines()[0]  # Lightning's own one-sentence refusals
-    found = VAL_CHECK_REFUSAL.search(str(err)) if isinstance(err, ValueError) else None
-    if found is None:  # raised by Lightning at fit start, before any step
-        return None
-    interval, batches = found.groups()
-    return (
-        f"--trainer.val_check_interval {interval}: more than the {batches} training batches of an epoch; give at "
-        f"most {batches}, a fraction of an epoch (e.g. 0.5), or --trainer.check_val_every_n_epoch null to count "
-        "batches across epochs"
-    )
-
-
-def _discard_wandb(cli: LPIPSCLI) -> None:
-    """A new run refused before its first step: the W&B run it had begun goes, so that its folder can go too.
-
-    (Lightning starts the loggers before it refuses, e.g., a val_check_interval longer than an
-    epoch, and our module before it refuses a checkpoint whose weights do not fit.)
-    """
-    trainer = getattr(cli, "trainer", None)
-    if trainer is None or cli.run.resume or trainer.global_step:
-        return
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()
-            for folder in wandb_folders(cli.run.path):
-                shutil.rmtree(folder, ignore_errors=True)
-            shutil.rmtree(cli.run.path / "wandb", ignore_errors=True)
-
-
-def _end_progress_line(cli: LPIPSCLI | None) -> None:
-    """End the line a training progress bar left on the terminal, so that an error starts a line of its own."""
-    trainer = getattr(cli, "trainer", None)
-    if getattr(trainer, "progress_bar_callback", None) is None or not trainer.global_rank == 0:
-        return
-    for stream in (sys.stdout, sys.stderr):  # Lightning's bars draw on stdout, tqdm's default is stderr
-        try:
-            if stream.isatty():
-                stream.write("\n")
-                stream.flush()
-                return
-        except (OSError, ValueError):
-            continue
-
-
 def run_training(argv: Sequence[str]) -> int:
     """Run LightningCLI (``fit|validate|test ...``) on `argv`; return the exit status."""
     LPIPSCLI.running = None
@@ -326,21 +247,20 @@ def run_training(argv: Sequence[str]) -> int:
             cli.run.release()  # a quick check leaves no run folder behind
         return 0
     except Exception as err:
-        message, cli = _refusal(err), LPIPSCLI.running
+        message, cli = outcome.refusal(err), LPIPSCLI.running
         if message is None:
             raise
         if getattr(cli, "run", None) is not None:
-            _discard_wandb(cli)
+            outcome.discard_wandb(cli)
             cli.run.release()  # a refused run leaves no empty run folder behind
-        _end_progress_line(cli)
+        outcome.end_progress_line(cli)
         print_error_once(message)
         return 2
     except SystemExit as done:
-        interrupted = _interrupted(LPIPSCLI.running, done)
+        interrupted = outcome.interrupted(LPIPSCLI.running, done)
         if interrupted is None:
             raise
         raise interrupted from None
     finally:
-        finish_wandb(getattr(getattr(LPIPSCLI.running, "trainer", None), "loggers", []))
         if getattr(LPIPSCLI.running, "run", None) is not None:
             LPIPSCLI.running.run.unclaim()  # the run folder is free again for a resume

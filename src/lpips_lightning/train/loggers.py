@@ -152,20 +152,21 @@ def make_loggers(run_dir: Path, run_name: str, project: str, resume_step: int | 
         hint = f"wandb sync {root}/wandb/offline-run-*-{run_id}"
         rank_zero_print(f"W&B runs offline (not logged in, or no network); sync later with: {hint}")
     root.mkdir(parents=True, exist_ok=True)
+    _end_open_wandb_run()
     logger = WandbLogger(name=run_name, project=project, save_dir=str(root), offline=offline, id=run_id, resume="allow")
     drop_anonymous_none(logger)
     loggers.append(logger)
     return loggers
 
 
-def finish_wandb(loggers: list) -> None:
-    """End the W&B run that `loggers` started: another fit in this process starts its own, not logs into it.
+def _end_open_wandb_run() -> None:
+    """End a W&B run still open in this process (an earlier fit's): Lightning's logger would take it over.
 
-    (W&B keeps a process's run open until the process exits, and Lightning's logger takes an open run over.)
+    (W&B keeps a process's run open until the process exits: a second fit in one process, from a
+    notebook or a test, would log into the first one's run.)
     """
-    wandb = sys.modules.get("wandb")  # never imported: nothing was logged to W&B
-    run = getattr(wandb, "run", None)
-    if run is not None and run.id in {lg.version for lg in loggers if isinstance(lg, WandbLogger)}:
+    run = getattr(sys.modules.get("wandb"), "run", None)  # wandb never imported: no run
+    if run is not None:
         run.finish()
 
 
