@@ -8,9 +8,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Test processes running side by side (pytest-xdist, `make test`) share the cores: each gets its share of
+# threads (torch's, and OpenMP's in processes the tests start), so that none waits on another's spinning threads.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # One folder per test session, removed when the session ends (fake ImageNet weights alone take ~1 GB).
 # Processes started from the tests (DDP workers importing a test module) inherit and share it.

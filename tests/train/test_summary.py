@@ -46,17 +46,19 @@ def _printed_scores(summary: str) -> dict[str, float]:
 
 @slow
 @pytest.mark.parametrize(
-    "extra",
+    ("extra", "why"),
     [
-        ["--trainer.max_steps", "1"],  # stops before the epoch's end, where validation would run
-        ["--trainer.max_epochs", "0"],
-        ["--trainer.limit_train_batches", "0"],
+        # stops before the epoch's end, where validation would run
+        (["--trainer.max_steps", "1"], "--trainer.max_steps 1 ended the fit before the end of an epoch"),
+        (["--trainer.max_epochs", "0"], "no training step ran"),
+        (["--trainer.limit_train_batches", "0"], "no training step ran"),
+        (["--trainer.limit_val_batches", "0"], "validation is off"),
     ],
-    ids=["max_steps-shorter-than-an-epoch", "max_epochs-0", "limit_train_batches-0"],
+    ids=["max_steps-shorter-than-an-epoch", "max_epochs-0", "limit_train_batches-0", "limit_val_batches-0"],
 )
-def test_a_fit_without_a_validation_says_so(module_bapps_h5, tmp_path, capsys, extra):
+def test_a_fit_without_a_validation_says_why(module_bapps_h5, tmp_path, capsys, extra, why):
     summary, run = _fit(tmp_path, module_bapps_h5, capsys, "--trainer.max_epochs", "1", *extra)
-    assert "no validation ran" in summary
+    assert f"no validation ran: {why}" in summary and "so there is no best checkpoint" in summary
     assert "last validation" not in summary and "val/2afc/cnn" not in summary  # not the sanity check's scores
     assert "best val/" not in summary and not list(run.glob("best-*.ckpt"))
     assert not _validations(run)

@@ -196,9 +196,10 @@ class FitSummary(Callback):
         if self.validated is not None and self.validated["step"] == trainer.global_step:
             self.validated["end"] = True  # no training step since: it scored the epoch's final weights
 
-    def _validation_lines(self) -> list[str]:
+    def _validation_lines(self, trainer: pl.Trainer | None = None) -> list[str]:
         if self.validated is None or not self.validated["scores"]:
-            return ["no validation ran"]
+            why = _why_no_validation(trainer) if trainer is not None else ""
+            return [f"no validation ran{why}, so there is no best checkpoint"]
         v = self.validated
         when = f"after epoch {v['epoch']}" if v["end"] else f"in epoch {v['epoch']}, at step {v['step']}"
         return [f"last validation ({when}):", *(f"  {k:<28} {s:.4f}" for k, s in v["scores"].items())]
@@ -211,7 +212,7 @@ class FitSummary(Callback):
         lines = ["", "=== lpips-lightning: fit finished ==="]
         if best is not None and best.best_model_score is not None:
             lines.append(f"best {best.monitor}: {float(best.best_model_score):.4f}")
-        lines += self._validation_lines()
+        lines += self._validation_lines(trainer)
         relative = self.run_dir is not None and not self.run_dir.is_absolute()  # shown as the run folder is
         if best is not None and best.best_model_path:
             lines.append(f"best checkpoint: {_shown_path(best.best_model_path, relative)}")
@@ -222,6 +223,20 @@ class FitSummary(Callback):
             if isinstance(logger, WandbLogger) and wandb_offline(logger):
                 lines.append(f"W&B (offline): wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}")
         print("\n".join(lines), flush=True)
+
+
+def _why_no_validation(trainer: pl.Trainer) -> str:
+    """Why a fit never validated, as ``": <reason>"`` ("" when it is not known)."""
+    if not trainer.limit_val_batches or not trainer.num_val_batches:
+        return ": validation is off (--trainer.limit_val_batches 0, or no validation batches)"
+    if not trainer.global_step:
+        return ": no training step ran (--trainer.max_epochs 0, or --trainer.limit_train_batches 0)"
+    if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        return (
+            f": --trainer.max_steps {trainer.max_steps} ended the fit before the end of an epoch, where validation "
+            "runs (--trainer.val_check_interval N validates every N batches)"
+        )
+    return ""
 
 
 def _shown_path(path: str | os.PathLike, relative: bool) -> str:
