@@ -234,6 +234,10 @@ def _quiet_lightning() -> None:
     # validation and test scores are torchmetrics results, already synchronised over processes:
     # all-reducing them again (sync_dist=True) could only change them by rounding
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+    # validate/test --ckpt_path: they score the weights; the checkpoint callbacks of the fit that wrote the file,
+    # and where it kept its checkpoints, do not matter to them
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 
 
 def run_training(argv: Sequence[str]) -> int:
