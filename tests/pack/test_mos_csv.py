@@ -54,7 +54,7 @@ def test_a_mos_csv_packs_one_group_per_split_with_its_scores(images, capsys):
         ),
         (
             "ref_name,dist_name,mos\nr0.png,d0.png,1\nr0.png,d1.png,2\n",
-            "has 2 row(s); a rank correlation needs at least 3",
+            ": 2 score(s); a rank correlation needs at least 3",
         ),
         ("ref_name,dist_name,mos\nr0.png,d0.png,2\nr0.png,d1.png,2\nr0.png,d2.png,2\n", "every mos is 2.0"),
         ("ref_name,dist_name,mos\nr0.png,d9.png,1\n", "line 2: image d9.png does not exist"),

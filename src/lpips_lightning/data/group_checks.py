@@ -16,7 +16,6 @@ from ..errors import JudgmentsError
 from .judgments import (
     GROUP_FORMS,
     GROUP_RE,
-    MIN_MOS_ITEMS,
     TARGET,
     as_text,
     attr_of,
@@ -25,6 +24,7 @@ from .judgments import (
     kind_of,
     read,
     shown,
+    unscoreable,
     what_is,
 )
 
@@ -132,10 +132,9 @@ def _validate_scores(f: h5py.File, g: h5py.Group, group: str, where: str) -> Non
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise JudgmentsError(f"{where}: mos[{i}] = {scores[i]} is not a finite number")
-    if len(scores) < MIN_MOS_ITEMS:
-        raise JudgmentsError(f"{where}: {len(scores)} score(s); a rank correlation needs at least {MIN_MOS_ITEMS}")
-    if scores.min() == scores.max():
-        raise JudgmentsError(f"{where}: every mos is {scores[0]}: scores that never differ rank nothing")
+    why = unscoreable(scores)
+    if why is not None:
+        raise JudgmentsError(f"{where}: {why}")
     if "std" in g:
         d = g["std"]
         if d.dtype != np.dtype(np.float32):

@@ -104,13 +104,9 @@ def split_by_reference(
 
 def check_mos_heldout(group: str, scores: np.ndarray, val_fraction: float, where: str) -> None:
     """A held-out MOS subset must be scoreable: at least three scores, not all equal."""
-    if len(scores) < judgments.MIN_MOS_ITEMS or scores.min() == scores.max():
-        why = (
-            f"{len(scores)} score(s); a rank correlation needs at least {judgments.MIN_MOS_ITEMS}"
-            if len(scores) < judgments.MIN_MOS_ITEMS
-            else "scores that are all equal, which rank nothing"
-        )
+    why = judgments.unscoreable(scores)
+    if why is not None:
         raise ConfigError(
-            f"{where}: {OPTION} {val_fraction} holds out {why} of {group} ({heldout_name(group)}): "
-            "change it or split_seed"
+            f"{where}: {OPTION} {val_fraction} holds out too little of {group} to score ({heldout_name(group)}): "
+            f"{why}; change it or split_seed"
         )

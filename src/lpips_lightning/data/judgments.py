@@ -48,6 +48,15 @@ GROUP_FORMS = "2afc/<split>/<subset>, jnd/<split>/<subset> or mos/<split>/<subse
 MIN_MOS_ITEMS = 3  # fewer scores have no rank correlation
 
 
+def unscoreable(scores) -> str | None:
+    """Why a MOS group's `scores` cannot be scored by rank correlation (too few, or all equal), or None."""
+    if len(scores) < MIN_MOS_ITEMS:
+        return f"{len(scores)} score(s); a rank correlation needs at least {MIN_MOS_ITEMS}"
+    if min(scores) == max(scores):
+        return f"every mos is {scores[0]}: scores that never differ rank nothing"
+    return None
+
+
 def image_keys(kind: str) -> tuple[str, ...]:
     """The image datasets of a group of this kind: ``ref, p0, p1``, ``p0, p1`` or ``ref, dist``."""
     return KINDS[kind]

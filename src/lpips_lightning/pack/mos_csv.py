@@ -103,12 +103,7 @@ def plan_mos_csv(
     if not plans:
         raise PackError(f"{path}: no rows below the header")
     for name, plan in plans.items():
-        if plan.n < judgments.MIN_MOS_ITEMS:
-            raise PackError(
-                f"{path}: group {name} has {plan.n} row(s); a rank correlation needs at least {judgments.MIN_MOS_ITEMS}"
-            )
-        if min(plan.targets) == max(plan.targets):
-            raise PackError(
-                f"{path}: group {name}: every mos is {plan.targets[0]}: scores that never differ rank nothing"
-            )
+        why = judgments.unscoreable(plan.targets)
+        if why is not None:
+            raise PackError(f"{path}: group {name}: {why}")
     return [plans[n] for n in sorted(plans, key=lambda g: SPLITS.index(g.split("/")[1]) if has_split else 0)]
