@@ -125,7 +125,8 @@ def _check_free_space(out: Path, plans: list[GroupPlan], size: int) -> None:
     need = 1 << 20
     for plan in plans:
         per_item = len(judgments.image_keys(judgments.kind_of(plan.group))) * 3 * size * size + 4
-        need += plan.n * (per_item + (2 if plan.votes is not None else 0) + (24 if plan.names else 0))
+        optional = (2 if plan.votes is not None else 0) + (4 if plan.std is not None else 0) + (24 if plan.names else 0)
+        need += plan.n * (per_item + optional)
     try:
         st = os.statvfs(out.parent)
     except (OSError, AttributeError):  # no statvfs (Windows), or it failed: the write itself will tell
