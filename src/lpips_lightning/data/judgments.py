@@ -11,6 +11,8 @@
       jnd/<split>/<subset>/           attrs: kind = "jnd", source
           p0, p1        uint8 (N, 3, H, W)
           same          float32 (N,)         fraction of observers who answered "same"
+          votes         uint16 (N,)          optional
+          names         str (N,)             optional
       mos/<split>/<subset>/           attrs: kind = "mos", source, higher_is_better (True: MOS, False: DMOS)
           ref, dist     uint8 (N, 3, H, W)   the reference and the distorted image
           mos           float32 (N,)         the opinion score, finite, in the data set's own unit
