@@ -72,6 +72,7 @@ FIT_REFUSALS = [
     ("betas", lambda t: ["--model.betas", "[2, 3]"], ["betas must be two numbers in [0, 1)"]),
     ("epochs-decay", lambda t: ["--model.epochs_decay", "-3"], ["epochs_decay must be 0 or more epochs, got -3"]),
     ("taps", lambda t: ["--model.taps", "[]"], ["taps is empty"]),
+    ("num-workers", lambda t: ["--data.num_workers", "-1"], ["--data.num_workers must be 0 (load in this process)"]),
     (
         "backbone",
         lambda t: ["--model.backbone", "resnet"],
@@ -134,6 +135,15 @@ def test_missing_imagenet_weights_are_one_line(packed, tmp_path, capfd, monkeypa
     # the command line's own options, not Python's arguments
     assert err.endswith("put the file there, or pass --model.backbone_weights PATH, or --model.pretrained false"), err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/*.ckpt"))
+
+
+def test_an_unwritable_wandb_dir_is_one_line_and_leaves_no_run_folder(packed, tmp_path, capfd, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "a_file"))
+    err = refused(["fit", *training_args(tmp_path / "runs", packed, "--run_name", "w")], capfd)
+    assert f"WANDB_DIR {tmp_path / 'a_file'}: cannot make the folder W&B writes into" in err, err
+    assert not (tmp_path / "runs" / "w").exists()  # the name stays free
 
 
 def test_missing_imagenet_weights_name_each_tools_own_options(tmp_path, capfd, monkeypatch):

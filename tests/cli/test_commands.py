@@ -255,16 +255,23 @@ def test_the_help_cache_follows_the_source_and_takes_only_a_bare_help(tmp_path, 
     monkeypatch.setattr(help_cache, "PACKAGE", tmp_path / "package")
     (tmp_path / "package").mkdir()
     (tmp_path / "package" / "module.py").write_text("x = 1\n")
-    help_cache.remember(["fit", "--help"], "the help\n")
-    assert help_cache.cached(["fit", "--help"]) == help_cache.cached(["fit", "-h"]) == "the help\n"
+    help_cache.remember(["fit", "--help"], "usage: the help\n")
+    assert help_cache.cached(["fit", "--help"]) == help_cache.cached(["fit", "-h"]) == "usage: the help\n"
     assert help_cache.cached(["validate", "--help"]) is None
-    help_cache.remember(["fit", "--config", "x.yaml", "--help"], "a config's help\n")  # shows that config's values
+    help_cache.remember(
+        ["fit", "--config", "x.yaml", "--help"], "usage: a config's help\n"
+    )  # shows that config's values
     assert help_cache.cached(["fit", "--config", "x.yaml", "--help"]) is None
     (tmp_path / "package" / "module.py").write_text("x = 22\n")  # the source changed: so may the help
     assert help_cache.cached(["fit", "--help"]) is None
-    help_cache.remember(["fit", "--help"], "the new help\n")
-    assert help_cache.cached(["fit", "--help"]) == "the new help\n"
-    assert len(list((tmp_path / "cache").glob("help-fit-*.txt"))) == 1  # the old text went
+    help_cache.remember(["fit", "--help"], "usage: the new help\n")
+    assert help_cache.cached(["fit", "--help"]) == "usage: the new help\n"
+    (kept,) = (tmp_path / "cache").glob("help-fit-*.txt")  # the old text went
+    monkeypatch.setenv("JSONARGPARSE_DEFAULT_ENV", "true")  # jsonargparse then lists each option's variable
+    assert help_cache.cached(["fit", "--help"]) is None
+    monkeypatch.delenv("JSONARGPARSE_DEFAULT_ENV")
+    kept.write_text("")  # emptied (a crash after the rename): not a help, made anew
+    assert help_cache.cached(["fit", "--help"]) is None
 
 
 def test_top_level_help_lists_every_command(capsys):

@@ -36,6 +36,8 @@ FIT = training_options(LPIPSModule, JudgmentsDataModule)
             "/tmp/lora_rank.h5: no groups in my_file.h5 'feature_cache'",
         ),
         ("see --model.backbone_weights", "see --model.backbone_weights"),
+        ("train: no such judgments file", "train: no such judgments file"),  # a file named like an option
+        ("head: mlp with variant 'tune'", "head: mlp with variant 'tune'"),  # a YAML config's words
         (
             "trains a random backbone: drop backbone_weights and set pretrained=False",
             "trains a random backbone: drop --model.backbone_weights and set --model.pretrained false",
@@ -55,3 +57,4 @@ def test_advice_a_command_cannot_follow_is_dropped():
     assert in_terms(message, tool_options(evaluate_command)) == "x is missing; put the file there"
     assert in_terms(message, {}) == "x is missing; put the file there"
     assert in_terms("give trust_code=True", tool_options(evaluate_command)) == "give --trust-code"
+    assert in_terms("pass weights_only=True", {}) == "pass weights_only=True"  # nothing left: left as it was

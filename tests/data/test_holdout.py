@@ -94,14 +94,14 @@ def test_held_out_items_serve_index_only_and_lazily_as_in_memory(tmp_path):
 @pytest.mark.parametrize("value", [1.0, -0.1, 1.5, "half"])
 def test_a_fraction_outside_zero_one_is_refused_naming_the_option(tmp_path, value):
     path = write_judgments(tmp_path / "j.h5", {"2afc/train/mine": shared_refs()})
-    with pytest.raises(ConfigError, match=r"val_fraction \(--data.val_fraction\) must be .*in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"^val_fraction must be .*in \[0, 1\)"):
         JudgmentsDataModule(str(path), val_fraction=value)
 
 
 def test_splits_that_leave_a_side_empty_or_clash_are_refused(tmp_path):
     one_ref = shared_refs(refs=1, per_ref=4)
     path = write_judgments(tmp_path / "j.h5", {"2afc/train/one": one_ref, "2afc/train/mine": shared_refs()})
-    with pytest.raises(ConfigError, match=r"--data.val_fraction\) 0.1 leaves no training item of 2afc/train/one"):
+    with pytest.raises(ConfigError, match=r"val_fraction 0.1 leaves no training item of 2afc/train/one"):
         JudgmentsDataModule(str(path), train=["2afc/train/one"], val_fraction=0.1)
     clash = write_judgments(
         tmp_path / "c.h5", {"2afc/train/mine": shared_refs(), "2afc/val/mine_heldout": random_group("2afc", size=16)}

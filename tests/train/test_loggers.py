@@ -6,6 +6,7 @@ import pytest
 import wandb
 from pytorch_lightning.loggers import WandbLogger
 
+from lpips_lightning.errors import OutputError
 from lpips_lightning.train.loggers import make_loggers, wandb_folders, wandb_run_id
 
 
@@ -39,3 +40,24 @@ def test_the_run_folder_names_its_w_and_b_run_and_a_resume_continues_it(tmp_path
     fresh = tmp_path / "runs" / "r2"
     fresh.mkdir()
     assert _wandb(make_loggers(fresh, "r2", "p")).version != run_id
+
+
+def test_a_damaged_w_and_b_id_is_one_line_naming_the_file(tmp_path):
+    (tmp_path / "wandb-run-id").write_text("bad id/../x*\n")
+    with pytest.raises(OutputError, match=r"wandb-run-id: 'bad id/../x\*' is not a W&B run id"):
+        wandb_run_id(tmp_path)
+    (tmp_path / "wandb-run-id").write_text("")
+    with pytest.raises(OutputError, match="is not a W&B run id"):  # not silently a new W&B run
+        wandb_run_id(tmp_path)
+
+
+def test_a_w_and_b_run_the_user_opened_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    mine = wandb.init(project="mine")
+    try:
+        (tmp_path / "r").mkdir()
+        make_loggers(tmp_path / "r", "r", "p")
+        mine.log({"x": 1.0})  # still open: a finished run would refuse this
+    finally:
+        mine.finish()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import sys
@@ -72,7 +73,8 @@ def discard_wandb(cli) -> None:
         return
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.experiment.finish()
+            with contextlib.suppress(Exception):  # clean-up: a W&B run that could not start has nothing to end
+                logger.experiment.finish()
             for folder in wandb_folders(cli.run.path):
                 shutil.rmtree(folder, ignore_errors=True)
             shutil.rmtree(cli.run.path / "wandb", ignore_errors=True)

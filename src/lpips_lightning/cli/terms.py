@@ -1,13 +1,13 @@
 """Errors in the command line's own terms: the library names Python arguments, a command names its options.
 
 A library message names an argument as Python spells it: as advice, ``pass backbone_weights=PATH``;
-as its subject, ``lora_rank must be ...`` or ``backbone: an empty list``; in passing, ``drop
-lora_rank``. `in_terms` spells those as the command's options (``--model.backbone_weights PATH``
-on fit, ``--backbone-weights PATH`` on distance) and drops advice naming an argument the command
+as its subject, ``lr must be ...``; in passing, ``drop lora_rank``. `in_terms` spells those as
+the command's options (``--model.backbone_weights PATH`` on fit, ``--backbone-weights PATH`` on
+distance) and drops advice naming an argument the command
 does not have. A bare word that is also plain English (``pretrained weights``, ``a frozen
-backbone: ...``) is re-spelled only where it reads as an argument (``name=VALUE`` or a message's
-subject); a name with an underscore, wherever it stands. (``distance: embedding`` stays: on fit
-that is how a YAML config says it.)
+backbone: ...``, a file named ``train``) is re-spelled only where it reads as an argument
+(``name=VALUE``, or ``name must`` opening the message); a name with an underscore, wherever it
+stands. (``distance: embedding`` stays: on fit that is how a YAML config says it.)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 NAME = r"(?<![\w.\-/'\"])(?P<name>[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)?)"
 # "..., or pass name=VALUE": the lead goes too when the command has no such option
 ADVICE = re.compile(r"(?P<lead>(?:[,;]? )?(?:or )?(?:pass )?)" + NAME + r"=(?P<value>[^\s,;)]+)")
-SUBJECT = re.compile(r"^" + NAME + r"(?=: | must )")
+SUBJECT = re.compile(r"^" + NAME + r"(?= must )")  # not "name: ...": that is how a message names a file
 IDENTIFIER = re.compile(NAME + r"(?![\w=])")
 LITERALS = {"True": "true", "False": "false", "None": "null"}
 
@@ -58,5 +58,5 @@ def in_terms(message: str, options: Mapping[str, str]) -> str:
         name = found["name"]
         return options.get(name, name) if "_" in name else name
 
-    message = SUBJECT.sub(subject, ADVICE.sub(advice, message))
-    return IDENTIFIER.sub(identifier, message)
+    spelled = IDENTIFIER.sub(identifier, SUBJECT.sub(subject, ADVICE.sub(advice, message)))
+    return spelled if spelled.strip() else message  # advice alone, none of it for this command: as it was

@@ -88,7 +88,7 @@ class LPIPSCLI(LightningCLI):
 
     def subcommands(self) -> dict[str, set[str]]:
         """Only the subcommand being run: LightningCLI builds a parser for each (about a second apiece)."""
-        every = LightningCLI.subcommands()
+        every = {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}  # no predict_step here
         chosen = self.argv[0] if self.argv else None
         return {chosen: every[chosen]} if chosen in every else every
 
@@ -252,11 +252,11 @@ def run_training(argv: Sequence[str]) -> int:
         return 0
     except Exception as err:
         message, cli = outcome.refusal(err), LPIPSCLI.running
+        if getattr(cli, "run", None) is not None:  # refused or failed before it trained: no run folder left
+            outcome.discard_wandb(cli)
+            cli.run.release()
         if message is None:
             raise
-        if getattr(cli, "run", None) is not None:
-            outcome.discard_wandb(cli)
-            cli.run.release()  # a refused run leaves no empty run folder behind
         outcome.end_progress_line(cli)
         print_error_once(message)
         return 2

@@ -101,6 +101,8 @@ class JudgmentsDataModule(pl.LightningDataModule):
             raise ConfigError(f"on_device must be true, false or auto, got {on_device!r}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"num_workers must be 0 (load in this process) or more, got {num_workers!r}")
         if steps_per_batch < 1:
             raise ConfigError(f"steps_per_batch must be at least 1, got {steps_per_batch}")
         if mos_pairs_per_ref is not None and (isinstance(mos_pairs_per_ref, bool) or mos_pairs_per_ref < 1):

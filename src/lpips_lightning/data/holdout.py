@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ConfigError
 from . import judgments
 
-OPTION = "val_fraction (--data.val_fraction)"
+OPTION = "val_fraction"  # the CLI spells it --data.val_fraction (`cli.terms`)
 
 
 def check_fraction(val_fraction: float) -> float:

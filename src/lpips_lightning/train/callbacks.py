@@ -221,7 +221,9 @@ class FitSummary(Callback):
         lines.append(f"run folder: {self.run_dir}" if self.run_dir else "fast_dev_run: a quick check, no files written")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and wandb_offline(logger):
-                lines.append(f"W&B (offline): wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}")
+                # a resumed run has a folder per part: the glob takes them all
+                folder = Path(logger.experiment.dir.rsplit("/files", 1)[0])
+                lines.append(f"W&B (offline): wandb sync {folder.parent}/offline-run-*-{logger.version}")
         print("\n".join(lines), flush=True)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import re
 import secrets
 import socket
 import string
@@ -116,22 +117,38 @@ def wandb_online() -> bool:
         return False
 
 
+RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")  # what W&B accepts, and what our own ids are
+_STARTED: set[str] = set()  # the W&B runs this process started
+
+
 def wandb_root(run_dir: Path) -> Path:
     """Where W&B puts a run's files (its ``wandb/`` folder goes inside): ``$WANDB_DIR`` if set, else the run folder."""
     return Path(os.environ.get("WANDB_DIR") or run_dir)
 
 
 def wandb_run_id(run_dir: Path) -> str | None:
-    """The id of the W&B run a resumed run logged to before, so that its history continues."""
+    """The id of the W&B run a resumed run logged to before, so that its history continues (None: none kept)."""
+    path = run_dir / WANDB_ID_FILE
     try:
-        return (run_dir / WANDB_ID_FILE).read_text().strip() or None
-    except OSError:
+        run_id = path.read_text().strip()
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise OutputError(f"{path}: cannot read the run's W&B id ({getattr(err, 'strerror', None) or err})") from None
+    if not RUN_ID.fullmatch(run_id):
+        raise OutputError(
+            f"{path}: {run_id!r} is not a W&B run id (letters, digits, - and _); put the id back "
+            "(the end of its wandb/offline-run-* folder's name), or delete the file to start a new W&B run"
+        )
+    return run_id
 
 
 def wandb_folders(run_dir: Path) -> list[Path]:
     """The folders W&B wrote for the run folder's W&B run (one per process that logged to it)."""
-    run_id = wandb_run_id(run_dir)
+    try:
+        run_id = wandb_run_id(run_dir)
+    except OutputError:  # a damaged id names no folder
+        return []
     return sorted((wandb_root(run_dir) / "wandb").glob(f"*run-*-{run_id}")) if run_id else []
 
 
@@ -145,28 +162,40 @@ def make_loggers(run_dir: Path, run_name: str, project: str, resume_step: int | 
     if mode in ("disabled", "dryrun-disabled"):
         return loggers
     offline = mode in ("offline", "dryrun") or (global_rank_zero() and not wandb_online())
-    run_id = (wandb_run_id(run_dir) if resume_step is not None else None) or _new_run_id(run_dir)
     root = wandb_root(run_dir)
+    _check_wandb_root(root)
+    run_id = (wandb_run_id(run_dir) if resume_step is not None else None) or _new_run_id(run_dir)
     if offline:
         os.environ["WANDB_MODE"] = "offline"
         hint = f"wandb sync {root}/wandb/offline-run-*-{run_id}"
         rank_zero_print(f"W&B runs offline (not logged in, or no network); sync later with: {hint}")
-    root.mkdir(parents=True, exist_ok=True)
     _end_open_wandb_run()
     logger = WandbLogger(name=run_name, project=project, save_dir=str(root), offline=offline, id=run_id, resume="allow")
+    _STARTED.add(run_id)
     drop_anonymous_none(logger)
     loggers.append(logger)
     return loggers
 
 
+def _check_wandb_root(root: Path) -> None:
+    """Refuse in one line a W&B folder (``$WANDB_DIR``, or the run folder) that cannot be made or written."""
+    what = "WANDB_DIR" if os.environ.get("WANDB_DIR") else "run folder"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{what} {root}: cannot make the folder W&B writes into ({err.strerror or err})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {root}: not writable, and W&B writes its run there; set WANDB_DIR elsewhere")
+
+
 def _end_open_wandb_run() -> None:
-    """End a W&B run still open in this process (an earlier fit's): Lightning's logger would take it over.
+    """End the W&B run an earlier fit in this process left open: Lightning's logger would take it over.
 
     (W&B keeps a process's run open until the process exits: a second fit in one process, from a
-    notebook or a test, would log into the first one's run.)
+    notebook or a test, would log into the first one's run. A run the user opened is theirs: left alone.)
     """
     run = getattr(sys.modules.get("wandb"), "run", None)  # wandb never imported: no run
-    if run is not None:
+    if run is not None and run.id in _STARTED:
         run.finish()
 
 
