@@ -1,9 +1,10 @@
-"""Ctrl-C and SIGTERM acted on at safe points: recorded when they arrive, raised where clean-up can run.
+"""Ctrl-C, SIGTERM and SIGHUP acted on at safe points: recorded when they arrive, raised where clean-up can run.
 
 A long command (``pack``) wraps its work in ``with Signals() as signals:`` and calls
 ``signals.check()`` between blocks of work; ``check`` raises `Interrupted` (exit status 130 for
-SIGINT, 143 for SIGTERM) and the usual ``finally``/``except`` clean-up removes what is half
-written. While nothing needs cleaning up, ``raise_now`` makes the first signal raise at once.
+SIGINT, 143 for SIGTERM, 129 for SIGHUP: the terminal closed) and the usual ``finally``/``except``
+clean-up removes what is half written. While nothing needs cleaning up, ``raise_now`` makes the
+first signal raise at once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .errors import Interrupted
 
 
 class Signals:
-    """Record SIGINT and SIGTERM; `check` raises `Interrupted` at a point where that is safe.
+    """Record SIGINT, SIGTERM and SIGHUP; `check` raises `Interrupted` at a point where that is safe.
 
     The handler never raises by itself (unless `raise_now`): an exception raised from a signal
     handler while a ``__del__`` or an h5py callback runs is printed and ignored, and the command
@@ -24,7 +25,7 @@ class Signals:
     come back on exit.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self) -> None:
         self.received: int | None = None
