@@ -25,7 +25,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from ..errors import OutputError
-from ..outputs import remove_stale_temps, temp_name
+from ..outputs import atomic_output, remove_stale_temps, temp_name
 from .cadence import drop_anonymous_none
 from .runs import WANDB_ID_FILE, global_rank_zero, rank_zero_print
 
@@ -203,8 +203,6 @@ def _new_run_id(run_dir: Path) -> str:
     """A new W&B run id, written to the run folder (by rank 0; the other processes log nothing to W&B)."""
     run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # as W&B's own
     if global_rank_zero():
-        path = run_dir / WANDB_ID_FILE
-        tmp = temp_name(path)
-        tmp.write_text(run_id + "\n")
-        os.replace(tmp, path)
+        with atomic_output(run_dir / WANDB_ID_FILE, overwrite=True, what="W&B run id") as tmp:
+            tmp.write_text(run_id + "\n")
     return run_id
