@@ -251,27 +251,27 @@ def test_fit_help_puts_model_and_data_first_and_comes_from_the_cache_once_made(t
 def test_the_help_cache_follows_the_source_and_takes_only_a_bare_help(tmp_path, monkeypatch):
     from lpips_lightning.cli import help_cache
 
+    def cached(*argv):
+        return help_cache.cached(help_cache.path_for(list(argv)))
+
     monkeypatch.setenv("LPIPS_LIGHTNING_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(help_cache, "PACKAGE", tmp_path / "package")
     (tmp_path / "package").mkdir()
     (tmp_path / "package" / "module.py").write_text("x = 1\n")
-    help_cache.remember(["fit", "--help"], "usage: the help\n")
-    assert help_cache.cached(["fit", "--help"]) == help_cache.cached(["fit", "-h"]) == "usage: the help\n"
-    assert help_cache.cached(["validate", "--help"]) is None
-    help_cache.remember(
-        ["fit", "--config", "x.yaml", "--help"], "usage: a config's help\n"
-    )  # shows that config's values
-    assert help_cache.cached(["fit", "--config", "x.yaml", "--help"]) is None
+    help_cache.remember(help_cache.path_for(["fit", "--help"]), "usage: the help\n")
+    assert cached("fit", "--help") == cached("fit", "-h") == "usage: the help\n"
+    assert cached("validate", "--help") is None
+    assert help_cache.path_for(["fit", "--config", "x.yaml", "--help"]) is None  # not a bare --help
     (tmp_path / "package" / "module.py").write_text("x = 22\n")  # the source changed: so may the help
-    assert help_cache.cached(["fit", "--help"]) is None
-    help_cache.remember(["fit", "--help"], "usage: the new help\n")
-    assert help_cache.cached(["fit", "--help"]) == "usage: the new help\n"
+    assert cached("fit", "--help") is None
+    help_cache.remember(help_cache.path_for(["fit", "--help"]), "usage: the new help\n")
+    assert cached("fit", "--help") == "usage: the new help\n"
     (kept,) = (tmp_path / "cache").glob("help-fit-*.txt")  # the old text went
     monkeypatch.setenv("JSONARGPARSE_DEFAULT_ENV", "true")  # jsonargparse then lists each option's variable
-    assert help_cache.cached(["fit", "--help"]) is None
+    assert cached("fit", "--help") is None
     monkeypatch.delenv("JSONARGPARSE_DEFAULT_ENV")
     kept.write_text("")  # emptied (a crash after the rename): not a help, made anew
-    assert help_cache.cached(["fit", "--help"]) is None
+    assert cached("fit", "--help") is None
 
 
 def test_top_level_help_lists_every_command(capsys):

@@ -63,12 +63,13 @@ def _raise_terminated(signum, frame) -> None:
 
 def _training(argv: list[str]) -> int:
     """Run fit/validate/test; a bare ``--help`` from the help cache when it can be (see `help_cache`)."""
-    text = help_cache.cached(argv)
+    path = help_cache.path_for(argv)
+    if path is None:
+        return command(argv[0])(argv)
+    text = help_cache.cached(path)
     if text is not None:
         sys.stdout.write(text)
         return 0
-    if not help_cache.cacheable(argv):
-        return command(argv[0])(argv)
     said = io.StringIO()
     try:
         with contextlib.redirect_stdout(said):
@@ -77,7 +78,7 @@ def _training(argv: list[str]) -> int:
         status = done.code
     sys.stdout.write(said.getvalue())
     if not status:
-        help_cache.remember(argv, said.getvalue())
+        help_cache.remember(path, said.getvalue())
     return status or 0
 
 
