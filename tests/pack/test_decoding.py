@@ -25,15 +25,22 @@ def slow_source(tmp_path) -> Path:
     return slow_csv(tmp_path)
 
 
-def test_decoder_never_deadlocks_on_messages_larger_than_a_pipe():
-    """Tasks and results both larger than a pipe holds, many chunks in flight: must finish, in order."""
-    code = (
+def _tasks_code(size: int, fmt: str, n: int) -> str:
+    """Python source that makes `tasks`: `n` member tasks of one random size x size image saved as `fmt`."""
+    return (
         "import io, numpy as np\n"
         "from PIL import Image\n"
         "from lpips_lightning.pack.decoding import Decoder, MemberTask\n"
         "rng = np.random.default_rng(0)\n"
-        "buf = io.BytesIO(); Image.fromarray(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(buf, 'PNG')\n"
-        "tasks = [MemberTask(buf.getvalue(), f'm{i}', True, 160, (0, 0, i)) for i in range(400)]\n"
+        f"image = Image.fromarray(rng.integers(0, 256, ({size}, {size}, 3), dtype=np.uint8))\n"
+        f"buf = io.BytesIO(); image.save(buf, {fmt!r})\n"
+        f"tasks = [MemberTask(buf.getvalue(), f'm{{i}}', True, {size}, (0, 0, i)) for i in range({n})]\n"
+    )
+
+
+def test_decoder_never_deadlocks_on_messages_larger_than_a_pipe():
+    """Tasks and results both larger than a pipe holds, many chunks in flight: must finish, in order."""
+    code = _tasks_code(160, "PNG", 400) + (
         "d = Decoder(2, lambda: None)\n"
         "rows = [tag[2] for tag, image in d.decoded(tasks, chunk=16, ahead=64)]\n"
         "d.close()\n"
@@ -49,13 +56,7 @@ def test_closing_mid_stream_never_hangs():
 
     (Killing the workers there made the pool's manager thread wait forever for the rest of it.)
     """
-    code = (
-        "import io, numpy as np\n"
-        "from PIL import Image\n"
-        "from lpips_lightning.pack.decoding import Decoder, MemberTask\n"
-        "rng = np.random.default_rng(0)\n"
-        "buf = io.BytesIO(); Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(buf, 'BMP')\n"
-        "tasks = [MemberTask(buf.getvalue(), f'm{i}', True, 256, (0, 0, i)) for i in range(2000)]\n"
+    code = _tasks_code(256, "BMP", 2000) + (
         "for attempt in range(10):\n"
         "    d = Decoder(2, lambda: None)\n"
         "    for n, _ in enumerate(d.decoded(tasks, chunk=32, ahead=8)):\n"

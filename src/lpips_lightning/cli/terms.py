@@ -3,11 +3,11 @@
 A library message names an argument as Python spells it: as advice, ``pass backbone_weights=PATH``;
 as its subject, ``lr must be ...``; in passing, ``drop lora_rank``. `in_terms` spells those as
 the command's options (``--model.backbone_weights PATH`` on fit, ``--backbone-weights PATH`` on
-distance) and drops advice naming an argument the command
-does not have. A bare word that is also plain English (``pretrained weights``, ``a frozen
-backbone: ...``, a file named ``train``) is re-spelled only where it reads as an argument
-(``name=VALUE``, or ``name must`` opening the message); a name with an underscore, wherever it
-stands. (``distance: embedding`` stays: on fit that is how a YAML config says it.)
+distance) and drops advice naming an argument the command does not have. A bare word that is
+also plain English (``pretrained weights``, ``a frozen backbone: ...``, a file named ``train``)
+is re-spelled only where it reads as an argument (``name=VALUE``, or ``name must`` opening the
+message); a name with an underscore, wherever it stands. (``distance: embedding`` stays: on fit
+that is how a YAML config says it.)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def in_terms(message: str, options: Mapping[str, str]) -> str:
         if option is None:
             return "" if found["lead"].strip() else found[0]  # no lead: not advice, leave it be
         value = found["value"]
-        if option.startswith("--model.") or option.startswith("--data."):
+        if option.startswith(("--model.", "--data.")):  # a training option takes YAML's true/false/null
             return f"{found['lead']}{option} {LITERALS.get(value, value)}"
         return f"{found['lead']}{option}" + ("" if value == "True" else f" {value}")
 
